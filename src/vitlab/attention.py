@@ -1,0 +1,75 @@
+"""Multi-head self-attention (Vaswani et al. 2017), the heart of the transformer.
+
+Every token builds a query, a key and a value; each token's output is the
+average of all values, weighted by ``softmax(q . k / sqrt(d_head))``. Several
+heads do this in parallel on slices of the hidden size and their outputs are
+concatenated and projected back.
+
+The fast path calls :func:`torch.nn.functional.scaled_dot_product_attention`
+(fused kernels on GPU and CPU). When the attention weights themselves are
+wanted (attention maps, rollout) the explicit formula is used instead; both
+give the same output up to float rounding, and a test checks it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["scaled_dot_product_attention", "MultiHeadSelfAttention"]
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Explicit attention, returning the output and the weights.
+
+    Shapes: ``q, k, v: (..., T, d) -> out (..., T, d), weights (..., T, T)``; every
+    row of ``weights`` sums to 1.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with a fused query/key/value projection.
+
+    Shapes: ``(N, T, dim) -> (N, T, dim)``; with ``return_attention=True`` also
+    the weights ``(N, heads, T, T)``.
+    """
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, attn_dropout: float = 0.0,
+                 proj_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"hidden size {dim} is not divisible by the number of heads {heads}")
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_dropout = attn_dropout
+        self.proj = nn.Linear(dim, dim)
+        self.proj_dropout = nn.Dropout(proj_dropout)
+
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(N, T, dim) -> q, k, v`` each ``(N, heads, T, head_dim)``."""
+        n, t, _ = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``(N, T, dim) -> (N, T, dim)`` [and ``(N, heads, T, T)`` weights]."""
+        n, t, _ = x.shape
+        q, k, v = self.split_heads(x)
+        if return_attention:
+            weights = (q @ k.transpose(-2, -1) * (self.head_dim ** -0.5)).softmax(dim=-1)
+            dropped = F.dropout(weights, self.attn_dropout, self.training) if self.attn_dropout else weights
+            out = dropped @ v
+        else:
+            dropout = self.attn_dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(n, t, self.dim)                   # concatenate the heads
+        out = self.proj_dropout(self.proj(out))
+        return (out, weights) if return_attention else out

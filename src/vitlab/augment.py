@@ -1,0 +1,85 @@
+"""Data augmentation on whole batches of tensors (no per-image PIL work).
+
+Each function takes a normalized float batch ``(N, C, H, W)`` and returns one of
+the same shape, drawing an independent random transform for every image from
+PyTorch's global RNG (so ``seed`` fixes it). They run on whatever device the
+batch is on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["random_affine", "random_crop", "random_hflip", "get_augmentation", "AUGMENTATIONS"]
+
+
+def random_affine(images: Tensor, degrees: float = 10.0, translate: float = 0.1,
+                  scale: tuple[float, float] = (0.9, 1.1), fill: float | None = None) -> Tensor:
+    """Random rotation, scaling and translation per image. ``(N, C, H, W) -> (N, C, H, W)``.
+
+    ``translate`` is a fraction of the image size. Pixels moved in from outside
+    take the value ``fill`` (default: the batch minimum, i.e. the background).
+    """
+    n = images.shape[0]
+    device, dtype = images.device, images.dtype
+    angle = (torch.rand(n, device=device) * 2 - 1) * math.radians(degrees)
+    factor = torch.empty(n, device=device).uniform_(*scale)
+    shift = (torch.rand(n, 2, device=device) * 2 - 1) * translate * 2  # grid coords span [-1, 1]
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(dtype), list(images.shape), align_corners=False)
+    background = images.amin() if fill is None else torch.as_tensor(fill, device=device, dtype=dtype)
+    # grid_sample pads with zeros; shift so that zero is the background value.
+    return F.grid_sample(images - background, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False) + background
+
+
+def random_crop(images: Tensor, padding: int = 4, fill: float | None = None) -> Tensor:
+    """Pad by ``padding`` on every side, then crop back at a random offset per image.
+
+    ``(N, C, H, W) -> (N, C, H, W)``; padding uses ``fill`` (default: the batch minimum).
+    """
+    n, c, h, w = images.shape
+    background = float(images.amin()) if fill is None else fill
+    padded = F.pad(images, (padding,) * 4, value=background)
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device)[None])            # (N, H)
+    cols = (dx[:, None] + torch.arange(w, device=images.device)[None])            # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    # Advanced indexing gathers each image's own window: (N, H, W, C) -> (N, C, H, W).
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def random_hflip(images: Tensor, p: float = 0.5) -> Tensor:
+    """Flip each image left-right with probability ``p``. ``(N, C, H, W) -> (N, C, H, W)``."""
+    flip = torch.rand(images.shape[0], device=images.device) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def _digits(images: Tensor) -> Tensor:
+    return random_affine(images, degrees=10.0, translate=0.1, scale=(0.9, 1.1))
+
+
+def _cifar(images: Tensor) -> Tensor:
+    return random_hflip(random_crop(images, padding=4))
+
+
+AUGMENTATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
+    "none": None,
+    "digits": _digits,        # small rotations, shifts and zooms: digits must not be flipped
+    "crop": lambda x: random_crop(x, padding=2),
+    "cifar": _cifar,          # the standard CIFAR recipe: pad-4 random crop + horizontal flip
+}
+
+
+def get_augmentation(name: str) -> Callable[[Tensor], Tensor] | None:
+    """Look an augmentation policy up by name (``none``, ``digits``, ``crop``, ``cifar``)."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name]

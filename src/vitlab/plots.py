@@ -1,0 +1,132 @@
+"""Figures for lessons and reports: sample grids, training curves, confusion matrices, patch grids.
+
+Every function returns the matplotlib ``Figure`` (and never calls ``plt.show``),
+so notebooks display it and scripts save it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = ["show_images", "plot_history", "plot_confusion", "plot_per_class", "plot_patches", "to_display"]
+
+
+def to_display(image: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """One image ``(C, H, W)`` (uint8, or normalized float with ``mean``/``std``) -> ``(H, W[, 3])`` in [0, 1]."""
+    image = image.detach().cpu()
+    if image.dtype == torch.uint8:
+        image = image.float() / 255.0
+    elif mean is not None and std is not None:
+        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    image = image.clamp(0, 1)
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def show_images(images: Tensor, titles: Sequence[str] | None = None, ncols: int = 8, suptitle: str | None = None,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                title_colors: Sequence[str] | None = None, size: float = 1.4) -> Figure:
+    """A grid of images ``(N, C, H, W)`` with optional per-image titles."""
+    n = images.shape[0]
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(to_display(images[i], mean, std), cmap="gray", vmin=0, vmax=1)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9, color=title_colors[i] if title_colors else "black")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[dict[str, Any]], title: str | None = None) -> Figure:
+    """Loss and accuracy per epoch, train vs validation, side by side."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "validation", "-s")):
+        if all(key in row for row in history):
+            ax_loss.plot(epochs, [row[key] for row in history], style, label=label, markersize=4)
+    for key, label, style in (("train_accuracy", "train", "-o"), ("val_accuracy", "validation", "-s")):
+        if all(key in row for row in history):
+            ax_acc.plot(epochs, [100 * row[key] for row in history], style, label=label, markersize=4)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]] | Tensor, classes: Sequence[str], title: str = "Confusion matrix",
+                   normalize: bool = False) -> Figure:
+    """Seaborn heatmap, rows = true class, columns = predicted class."""
+    import seaborn as sns
+
+    matrix = np.asarray(torch.as_tensor(confusion).tolist(), dtype=float)
+    if normalize:
+        matrix = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    size = max(5.0, 0.55 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    sns.heatmap(matrix, annot=len(classes) <= 12, fmt=".2f" if normalize else ".0f", cmap="Blues",
+                xticklabels=classes, yticklabels=classes, cbar=True, ax=ax, annot_kws={"fontsize": 8})
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class(per_class: dict[str, Sequence[float]], classes: Sequence[str],
+                   title: str = "Per-class accuracy") -> Figure:
+    """Grouped bars of per-class accuracy for one or more models (``{label: accuracies}``)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(classes) + 2), 3.8))
+    width = 0.8 / len(per_class)
+    x = np.arange(len(classes))
+    for i, (label, values) in enumerate(per_class.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, 100 * np.asarray(values), width, label=label)
+    low = min(100 * min(v) for v in per_class.values())
+    ax.set(xticks=x, xlabel="class", ylabel="accuracy (%)", title=title, ylim=(max(0.0, low - 5), 100.5))
+    ax.set_xticklabels(classes, rotation=30 if max(len(c) for c in classes) > 3 else 0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_patches(image: Tensor, patch_size: int, title: str | None = None) -> Figure:
+    """One image ``(C, H, W)`` shown whole with the patch grid, and as its separate patches."""
+    display = to_display(image)
+    h, w = display.shape[:2]
+    rows, cols = h // patch_size, w // patch_size
+    fig = plt.figure(figsize=(8, 4))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(display, cmap="gray")
+    for k in range(1, rows):
+        ax.axhline(k * patch_size - 0.5, color="red", linewidth=0.8)
+    for k in range(1, cols):
+        ax.axvline(k * patch_size - 0.5, color="red", linewidth=0.8)
+    ax.set_title(title or f"{h}x{w} image, {patch_size}x{patch_size} patches")
+    ax.axis("off")
+    grid = fig.add_gridspec(rows, cols, left=0.55, right=0.98, top=0.9, bottom=0.1, wspace=0.08, hspace=0.08)
+    for r in range(rows):
+        for c in range(cols):
+            sub = fig.add_subplot(grid[r, c])
+            sub.imshow(display[r * patch_size:(r + 1) * patch_size, c * patch_size:(c + 1) * patch_size],
+                       cmap="gray", vmin=0, vmax=1)
+            sub.axis("off")
+    fig.text(0.765, 0.94, f"{rows * cols} patches, row by row", ha="center")
+    return fig

@@ -1,0 +1,53 @@
+"""Shared fixtures. Data-dependent tests need MNIST under $VITLAB_DATA (or ./data).
+
+On a user's machine without the data they are skipped with the reason; in CI
+(``CI`` set) missing data is an error, so a misconfigured CI cannot pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+import torch
+
+from vitlab.data import DATASETS, data_root
+
+matplotlib.use("Agg")  # tests draw figures without a screen
+
+
+def _has(name: str) -> bool:
+    root = data_root()
+    info = DATASETS[name]
+    if (root / info.torchvision_folder).exists():
+        return True
+    return bool(info.image_folder and (root / info.image_folder / "train").is_dir())
+
+
+def _require(name: str) -> None:
+    if not _has(name):
+        message = f"{name} not found under {data_root()} (set VITLAB_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": CI must provide the datasets")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def mnist_available() -> None:
+    _require("mnist")
+
+
+@pytest.fixture
+def fashion_available() -> None:
+    _require("fashion-mnist")
+
+
+@pytest.fixture
+def cifar10_available() -> None:
+    _require("cifar10")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
