@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[lab,dev]"
 	touch $(STAMP)
 
-.PHONY: setup test unit notebooks lab html clean
+.PHONY: setup test unit lab html clean
 
 setup: $(STAMP)
 
@@ -40,3 +40,11 @@ html: $(STAMP)
 clean:
 	rm -rf $(VENV) site .pytest_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The main job: train the default ViT on MNIST, evaluate on the test set, print the accuracy.
+# Interrupted? Run it again: --resume continues from the last finished epoch (and a finished run
+# is only re-evaluated). Delete $(RUN) to start over.
+RUN ?= runs/vit_mnist
+.PHONY: train
+train: $(STAMP)
+	$(BIN)/python -m vitlab train --model vit_mnist --dataset mnist --out $(RUN) --resume

@@ -46,28 +46,39 @@ def _model_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the empty ones (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model and evaluate it on the test set",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
     train.add_argument("--model", default="vit_mnist", help="model preset (vit_seed, vit_mnist, vit_cifar, ...)")
     train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field, e.g. --model-arg patch_size=7 (repeatable)")
     train.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, cifar10, cifar100 or folder:PATH")
-    train.add_argument("--data-root", default=None, help="dataset folder (default: $VITLAB_DATA, else ./data)")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    train.add_argument("--min-lr", type=float, default=1e-5, help="final learning rate of the cosine schedule")
-    train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    train.add_argument("--warmup-epochs", type=float, default=1.0)
-    train.add_argument("--label-smoothing", type=float, default=0.0)
-    train.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 disables)")
-    train.add_argument("--augment", default="none", help="none, digits, crop, cifar")
+    train.add_argument("--data-root", default=None, help="dataset folder ($VITLAB_DATA, else ./data)")
+    recipe = train.add_argument_group("training recipe (unset flags take the model preset's tuned recipe, "
+                                      "see vitlab.train.RECIPES, else the value shown)")
+    recipe.add_argument("--epochs", type=int, default=None, help="(10)")
+    recipe.add_argument("--batch-size", type=int, default=None, help="(128)")
+    recipe.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-3)")
+    recipe.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine schedule (1e-5)")
+    recipe.add_argument("--weight-decay", type=float, default=None, help="(0.05)")
+    recipe.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=None, help="(adamw)")
+    recipe.add_argument("--momentum", type=float, default=None, help="SGD momentum (0.9)")
+    recipe.add_argument("--warmup-epochs", type=float, default=None, help="(1.0)")
+    recipe.add_argument("--label-smoothing", type=float, default=None, help="(0.0)")
+    recipe.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 disables (1.0)")
+    recipe.add_argument("--augment", default=None, help="none, digits, crop, cifar (none)")
     train.add_argument("--val-size", type=float, default=0.1,
                        help="validation share of the training set (a fraction, or a count if >= 1)")
     train.add_argument("--subset", type=int, default=None, help="train on a seeded random subset of N images")
@@ -81,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run folder's model on a dataset split",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpFormatter)
     evaluate.add_argument("run", help="run folder (config.json + model.safetensors)")
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the one the run was trained on)")
     evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
@@ -128,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import count_parameters, create_model, preset_config
     from .runtime import device as pick_device
     from .runtime import seed_everything
-    from .train import DistContext, TrainConfig, evaluate, fit
+    from .train import DistContext, evaluate, fit, recipe
 
     out = Path(args.out)
     device = pick_device(args.device)
@@ -146,11 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     seed_everything(args.seed)
     model = create_model(args.model, **overrides)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-                         weight_decay=args.weight_decay, optimizer=args.optimizer, momentum=args.momentum,
-                         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                         grad_clip=args.grad_clip or None, augment=args.augment, seed=args.seed,
-                         amp=not args.no_amp, max_steps_per_epoch=args.max_steps_per_epoch)
+    config = recipe(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                    weight_decay=args.weight_decay, optimizer=args.optimizer, momentum=args.momentum,
+                    warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                    augment=args.augment, seed=args.seed, amp=not args.no_amp,
+                    max_steps_per_epoch=args.max_steps_per_epoch)
+    if args.grad_clip is not None:
+        config.grad_clip = args.grad_clip or None
     run_config = {
         "model": model_spec(args.model, model),
         "train": config.to_dict(),

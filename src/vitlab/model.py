@@ -82,8 +82,10 @@ PRESETS: dict[str, ViTConfig] = {
     # The walkthrough: 28x28 digits, 4x4 patches -> 7x7 = 49 tokens, hidden size 8, 2 blocks, 2 heads.
     "vit_seed": ViTConfig(image_size=28, in_channels=1, patch_size=4, dim=8, depth=2, heads=2,
                           mlp_ratio=4.0, positional="sinusoidal"),
-    # The default MNIST model trained by `make train` (about 0.2M parameters).
-    "vit_mnist": ViTConfig(image_size=28, in_channels=1, patch_size=4, dim=64, depth=6, heads=4,
+    # The default MNIST model trained by `make train` (about 0.2M parameters). 7x7 patches give
+    # 16 tokens: about 3x the training throughput of 4x4 patches on a CPU, and with the digits
+    # augmentation it generalizes better in the same time (see README, "How the recipe was tuned").
+    "vit_mnist": ViTConfig(image_size=28, in_channels=1, patch_size=7, dim=64, depth=6, heads=4,
                            mlp_ratio=2.0, positional="learned"),
     # CIFAR-sized: 32x32 RGB, 4x4 patches -> 64 tokens.
     "vit_cifar": ViTConfig(image_size=32, in_channels=3, patch_size=4, dim=192, depth=9, heads=12,

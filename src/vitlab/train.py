@@ -35,7 +35,7 @@ from .data import BatchLoader, ImageTensorDataset
 from .runtime import device as pick_device
 from .runtime import seed_everything
 
-__all__ = ["TrainConfig", "DistContext", "fit", "evaluate", "make_optimizer", "warmup_cosine",
+__all__ = ["TrainConfig", "RECIPES", "recipe", "DistContext", "fit", "evaluate", "make_optimizer", "warmup_cosine",
            "write_history_csv", "read_history_csv"]
 
 
@@ -66,6 +66,29 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+#: Tuned training recipes per model preset; ``vitlab train --model NAME`` starts from these and
+#: any flag given on the command line overrides a field.
+RECIPES: dict[str, dict[str, Any]] = {
+    # 98.5 %+ on MNIST within 15 minutes on a 2-core CPU (README: "How the recipe was tuned").
+    "vit_mnist": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
+                  "augment": "digits"},
+    # The walkthrough's tiny model (hidden size 8) trains with a larger step size.
+    "vit_seed": {"epochs": 5, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.0, "warmup_epochs": 0.5},
+    # Small-data ViT recipe for CIFAR-sized inputs (GPU-sized: 200 epochs).
+    "vit_cifar": {"epochs": 200, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
+                  "label_smoothing": 0.1, "augment": "cifar"},
+}
+
+
+def recipe(model_name: str, **overrides: Any) -> TrainConfig:
+    """The tuned :class:`TrainConfig` for a preset (generic defaults otherwise), with fields replaced.
+
+    ``None`` overrides are ignored, so command-line flags left unset keep the recipe's value.
+    """
+    values = {**RECIPES.get(model_name, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(**values)
 
 
 @dataclass
