@@ -48,3 +48,13 @@ RUN ?= runs/vit_mnist
 .PHONY: train
 train: $(STAMP)
 	$(BIN)/python -m vitlab train --model vit_mnist --dataset mnist --out $(RUN) --resume
+
+# Throughput of vitlab's presets vs timm's VisionTransformer (timm is a bench-only extra).
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[lab,dev,bench]"
+	touch $(BENCH_STAMP)
+
+.PHONY: bench
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/bench.py

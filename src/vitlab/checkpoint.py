@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "atomic_write", "save_json", "save_weights", "load_weights", "save_state",
-           "load_state", "build_model", "load_model", "model_spec"]
+           "load_state", "build_model", "load_model", "model_spec", "shipped_run"]
 
 
 class CheckpointError(RuntimeError):
@@ -36,6 +36,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -161,3 +164,18 @@ def load_model(run_dir: str | os.PathLike[str], map_location: str | torch.device
     model = build_model(config.get("model", {}))
     load_weights(model, run_dir / "model.safetensors")
     return model.to(map_location).eval()
+
+
+def shipped_run(name: str = "vit_mnist") -> Path:
+    """Folder of weights shipped with the repository (``weights/NAME``), made by ``make train``.
+
+    Found next to the package in a source checkout (editable install), else under ``./weights``
+    or ``../weights`` (notebooks run in ``notebooks/``).
+    """
+    candidates = [Path(__file__).resolve().parents[2] / "weights" / name, Path.cwd() / "weights" / name,
+                  Path.cwd().parent / "weights" / name]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(f"shipped weights {name!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
+                          "they live in the repository's weights/ folder")

@@ -1,0 +1,188 @@
+"""Throughput benchmark: vitlab's ViT presets vs timm's VisionTransformer at identical configs.
+
+    make bench                      (installs the `bench` extra: timm)
+    python bench/bench.py --help
+
+For each preset it measures, in one process on the same machine:
+  * training throughput: images/s of forward + backward + AdamW step (batch 128, fp32 on CPU,
+    bf16 autocast on CUDA, as vitlab.train does);
+  * inference throughput: images/s of a no-grad forward (batch 512);
+  * parameters and FLOPs per image (torch.utils.flop_counter, forward pass; 1 multiply-add = 2 FLOPs);
+and then the data-loading throughput of vitlab's in-memory BatchLoader vs torchvision's
+per-image PIL pipeline on MNIST.
+
+Timings are medians over repeated windows after warm-up, with vitlab and timm measured in
+alternation so that both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import vitlab
+from vitlab.model import PRESETS, ViTConfig
+
+
+def timm_twin(config: ViTConfig) -> torch.nn.Module:
+    """timm's VisionTransformer with the same architecture (learned positions, class token, pre-norm)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
+                             num_classes=config.num_classes, embed_dim=config.dim, depth=config.depth,
+                             num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+                             class_token=True, global_pool="token")
+
+
+def flops_per_image(model: torch.nn.Module, config: ViTConfig, device: torch.device) -> float:
+    images = torch.randn(1, config.in_channels, config.image_size, config.image_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    return counter.get_total_flops()
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_window(model, optimizer, images, labels, steps: int, device: torch.device) -> float:
+    """Images/s over ``steps`` training steps."""
+    model.train()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        with _autocast(device):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def infer_window(model, images, steps: int, device: torch.device) -> float:
+    model.eval()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        with _autocast(device):
+            model(images)
+    _sync(device)
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+def bench_preset(name: str, device: torch.device, repeats: int, steps: int, with_timm: bool) -> list[dict]:
+    config = PRESETS[name]
+    torch.manual_seed(0)
+    models = {"vitlab": vitlab.ViT(config).to(device)}
+    if with_timm:
+        models["timm"] = timm_twin(config).to(device)
+    batch = torch.randn(128, config.in_channels, config.image_size, config.image_size, device=device)
+    labels = torch.randint(0, config.num_classes, (128,), device=device)
+    big_batch = torch.randn(512, config.in_channels, config.image_size, config.image_size, device=device)
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in models.items()}
+    train_rates: dict[str, list[float]] = {k: [] for k in models}
+    infer_rates: dict[str, list[float]] = {k: [] for k in models}
+    for k, m in models.items():  # warm-up
+        train_window(m, optimizers[k], batch, labels, 3, device)
+        infer_window(m, big_batch, 1, device)
+    for _ in range(repeats):     # alternate, so both see the same machine load
+        for k, m in models.items():
+            train_rates[k].append(train_window(m, optimizers[k], batch, labels, steps, device))
+            infer_rates[k].append(infer_window(m, big_batch, max(1, steps // 2), device))
+    rows = []
+    for k, m in models.items():
+        rows.append({
+            "model": name, "implementation": k, "patch": config.patch_size, "tokens": config.num_tokens,
+            "dim": config.dim, "depth": config.depth, "heads": config.heads, "positional": config.positional
+            if k == "vitlab" else "learned",
+            "params": sum(p.numel() for p in m.parameters()),
+            "mflops_per_image": flops_per_image(m, config, device) / 1e6,
+            "train_images_per_s": statistics.median(train_rates[k]),
+            "infer_images_per_s": statistics.median(infer_rates[k]),
+        })
+    return rows
+
+
+def bench_data(device: torch.device) -> dict:
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from vitlab.data import BatchLoader, data_root, load_dataset
+
+    train = load_dataset("mnist", "train+val")
+    start = time.perf_counter()
+    for images, labels in BatchLoader(train, 128, shuffle=True, device=device):
+        pass
+    _sync(device)
+    fast = len(train) / (time.perf_counter() - start)
+    classic = datasets.MNIST(data_root(), train=True, download=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    n = 10000
+    start = time.perf_counter()
+    for images, labels in DataLoader(Subset(classic, range(n)), batch_size=128, shuffle=True):
+        pass
+    slow = n / (time.perf_counter() - start)
+    return {"vitlab_batchloader_images_per_s": fast, "torchvision_dataloader_images_per_s": slow}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="vit_seed,vit_mnist,vit_cifar")
+    parser.add_argument("--repeats", type=int, default=5, help="timing windows per model (median reported)")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per window")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-timm", action="store_true", help="skip the timm comparison")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    device = vitlab.device(args.device)
+    with_timm = not args.no_timm
+    if with_timm:
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            print("timm is not installed: pip install -e '.[bench]' (make bench does it), or pass --no-timm")
+            return 2
+    print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+          f"{platform.processor() or platform.machine()}" + (f" | timm {timm.__version__}" if with_timm else ""))
+    rows = []
+    for name in args.models.split(","):
+        rows += bench_preset(name.strip(), device, args.repeats, args.steps, with_timm)
+    header = (f"{'model':10} {'impl':7} {'patch':>5} {'tokens':>6} {'params':>10} {'MFLOPs/img':>10} "
+              f"{'train img/s':>11} {'infer img/s':>11} {'train vs timm':>13}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        twin = next((r for r in rows if r["model"] == row["model"] and r["implementation"] == "timm"), None)
+        ratio = f"{row['train_images_per_s'] / twin['train_images_per_s']:.2f}x" if twin and row is not twin else ""
+        print(f"{row['model']:10} {row['implementation']:7} {row['patch']:5d} {row['tokens']:6d} {row['params']:10,d} "
+              f"{row['mflops_per_image']:10.2f} {row['train_images_per_s']:11,.0f} {row['infer_images_per_s']:11,.0f} "
+              f"{ratio:>13}")
+    data = bench_data(device)
+    print(f"data loading (MNIST, batch 128): vitlab BatchLoader {data['vitlab_batchloader_images_per_s']:,.0f} images/s, "
+          f"torchvision DataLoader + PIL {data['torchvision_dataloader_images_per_s']:,.0f} images/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "data": data, "device": str(device),
+                                               "torch": torch.__version__}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

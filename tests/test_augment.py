@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from vitlab.augment import get_augmentation, random_affine, random_crop, random_hflip
+
+
+def test_shapes_and_dtype_preserved():
+    images = torch.randn(16, 3, 32, 32)
+    for name in ("digits", "crop", "cifar"):
+        out = get_augmentation(name)(images)
+        assert out.shape == images.shape and out.dtype == images.dtype
+    assert get_augmentation("none") is None
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        get_augmentation("mixup")
+
+
+def test_random_crop_is_a_per_image_shift():
+    images = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    torch.manual_seed(0)
+    out = random_crop(images, padding=2, fill=0.0)
+    for i in range(2):
+        found = False
+        padded = torch.nn.functional.pad(images[i], (2, 2, 2, 2))
+        for dy in range(5):
+            for dx in range(5):
+                found |= torch.equal(out[i], padded[:, dy:dy + 6, dx:dx + 6])
+        assert found, "each output must be one window of the padded image"
+
+
+def test_hflip_probabilities():
+    images = torch.randn(8, 1, 4, 4)
+    assert torch.equal(random_hflip(images, p=1.0), images.flip(-1))
+    assert torch.equal(random_hflip(images, p=0.0), images)
+
+
+def test_affine_identity_and_background():
+    images = torch.rand(4, 1, 28, 28)
+    same = random_affine(images, degrees=0.0, translate=0.0, scale=(1.0, 1.0))
+    assert torch.allclose(same, images, atol=1e-5)
+    torch.manual_seed(0)
+    background = torch.full((2, 1, 28, 28), -0.42)
+    moved = random_affine(background, degrees=30.0, translate=0.2)
+    assert torch.allclose(moved, background, atol=1e-6), "pixels moved in from outside take the background value"

@@ -1,0 +1,39 @@
+"""The weights shipped in weights/vit_mnist are the ones `make train` produced, and they still score what they claim."""
+
+import json
+
+import pytest
+import torch
+
+from vitlab.checkpoint import load_model, shipped_run
+from vitlab.data import load_dataset
+from vitlab.model import PRESETS, ViTConfig, count_parameters
+from vitlab.train import evaluate, read_history_csv
+
+
+def test_shipped_run_is_complete_and_small():
+    run = shipped_run("vit_mnist")
+    for name in ("config.json", "model.safetensors", "metrics.json", "history.csv", "curves.png", "confusion.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoint.pt").exists(), "the resumable state is not shipped"
+    assert (run / "model.safetensors").stat().st_size < 5 * 1024 * 1024
+    config = json.loads((run / "config.json").read_text())
+    assert ViTConfig.from_dict(config["model"]["config"]) == PRESETS["vit_mnist"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = read_history_csv(run / "history.csv")
+    assert metrics["epochs"] == len(history) == config["train"]["epochs"]
+    assert metrics["params"] == count_parameters(load_model(run))
+    assert metrics["test_n"] == 10000 and metrics["test_accuracy"] >= 0.985
+
+
+@pytest.mark.usefixtures("mnist_available")
+def test_shipped_weights_reproduce_their_test_accuracy():
+    run = shipped_run("vit_mnist")
+    metrics = json.loads((run / "metrics.json").read_text())
+    model = load_model(run)
+    result = evaluate(model, load_dataset("mnist", "test"), batch_size=1000)
+    assert result["n"] == 10000
+    # Within 0.05 percentage points, i.e. at most 5 of the 10,000 test images may flip (float rounding).
+    assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
+    recorded = torch.tensor(metrics["confusion"])
+    assert (torch.tensor(result["confusion"]) - recorded).abs().sum() <= 10
