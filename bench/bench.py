@@ -41,7 +41,8 @@ def timm_twin(config: ViTConfig) -> torch.nn.Module:
     return VisionTransformer(img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
                              num_classes=config.num_classes, embed_dim=config.dim, depth=config.depth,
                              num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                             class_token=True, global_pool="token")
+                             class_token=True, global_pool="token", drop_rate=0.0, proj_drop_rate=config.dropout,
+                             attn_drop_rate=config.attn_dropout, drop_path_rate=config.drop_path)
 
 
 def flops_per_image(model: torch.nn.Module, config: ViTConfig, device: torch.device) -> float:
@@ -175,9 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']:10} {row['implementation']:7} {row['patch']:5d} {row['tokens']:6d} {row['params']:10,d} "
               f"{row['mflops_per_image']:10.2f} {row['train_images_per_s']:11,.0f} {row['infer_images_per_s']:11,.0f} "
               f"{ratio:>13}")
-    data = bench_data(device)
-    print(f"data loading (MNIST, batch 128): vitlab BatchLoader {data['vitlab_batchloader_images_per_s']:,.0f} images/s, "
-          f"torchvision DataLoader + PIL {data['torchvision_dataloader_images_per_s']:,.0f} images/s")
+    from vitlab.data import DatasetNotFoundError
+
+    try:
+        data = bench_data(device)
+    except DatasetNotFoundError:
+        print("data loading: skipped, MNIST not found (set VITLAB_DATA to the folder that holds it)")
+        data = {}
+    if data:
+        print(f"data loading (MNIST, batch 128): vitlab BatchLoader {data['vitlab_batchloader_images_per_s']:,.0f} images/s, "
+              f"torchvision DataLoader + PIL {data['torchvision_dataloader_images_per_s']:,.0f} images/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "data": data, "device": str(device),
                                                "torch": torch.__version__}, indent=2))

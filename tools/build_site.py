@@ -44,7 +44,7 @@ def title_and_summary(nb: nbformat.NotebookNode) -> tuple[str, str]:
 def render(path: Path, out: Path, timeout: int) -> tuple[str, str, float]:
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
-    ExecutePreprocessor(timeout=timeout, kernel_name="python3", store_widget_state=False).preprocess(
+    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
         nb, {"metadata": {"path": str(path.parent)}})
     replace_widgets(nb)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)

@@ -57,7 +57,8 @@ class MultiHeadSelfAttention(nn.Module):
         """``(N, T, dim) -> q, k, v`` each ``(N, heads, T, head_dim)``."""
         n, t, _ = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # unbind, not qkv[i]: its backward is one stack, not 3 zero-filled copies
+        return q, k, v
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``(N, T, dim) -> (N, T, dim)`` [and ``(N, heads, T, T)`` weights]."""

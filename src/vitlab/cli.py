@@ -102,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=1000)
     evaluate.add_argument("--no-write", action="store_true", help="print only; do not update metrics.json")
 
+    explain = sub.add_parser("explain", help="draw attention maps, attention rollout or Grad-CAM for test images",
+                             formatter_class=_HelpFormatter)
+    explain.add_argument("run", help="run folder (config.json + model.safetensors)")
+    explain.add_argument("--images", default="0,1,2,3", help="comma-separated indices into the split")
+    explain.add_argument("--method", default="rollout", help="rollout, gradcam, attention, or several: rollout,gradcam")
+    explain.add_argument("--layer", type=int, default=-1, help="block for attention / Grad-CAM (ViT)")
+    explain.add_argument("--head", type=int, default=None, help="attention head (default: mean over heads)")
+    explain.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop the weakest attention")
+    explain.add_argument("--dataset", default=None, help="dataset (default: the run's)")
+    explain.add_argument("--split", default="test", choices=["test", "val", "train"])
+    explain.add_argument("--data-root", default=None)
+    explain.add_argument("--out", required=True, help="PNG file to write")
+
     download = sub.add_parser("download", help="download a dataset with torchvision")
     download.add_argument("dataset", help="mnist, fashion-mnist, cifar10, cifar100")
     download.add_argument("--root", default=None, help="where to put it (default: $VITLAB_DATA, else ./data)")
@@ -270,6 +283,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .explain import attention_maps, attention_rollout, class_token_attention, grad_cam
+    from .plots import plot_explanations
+
+    run = Path(args.run)
+    model = load_model(run)
+    config = json.loads((run / "config.json").read_text())
+    data = config.get("dataset", {})
+    fields = config["model"]["config"]
+    dataset = load_dataset(args.dataset or data.get("name", "mnist"), args.split, root=args.data_root,
+                           val_size=data.get("val_size", 0.1), seed=config.get("train", {}).get("seed", 0),
+                           image_size=fields.get("image_size"), channels=fields.get("in_channels"))
+    try:
+        indices = [int(i) for i in args.images.split(",") if i.strip()]
+    except ValueError:
+        raise ValueError(f"--images takes comma-separated integers, got {args.images!r}") from None
+    if not indices or max(indices) >= len(dataset) or min(indices) < 0:
+        raise ValueError(f"--images must be indices in [0, {len(dataset)}), got {args.images!r}")
+    index = torch.tensor(indices)
+    images = dataset.normalized(index)
+    methods = [m.strip() for m in args.method.split(",")]
+    is_vit = config["model"]["family"] == "vit"
+    maps = {}
+    for method in methods:
+        if method in ("rollout", "attention") and not is_vit:
+            raise ValueError(f"--method {method} needs a ViT; use gradcam for {config['model']['family']}")
+        if method == "rollout":
+            maps["attention rollout"] = attention_rollout(attention_maps(model, images),
+                                                          discard_ratio=args.discard_ratio)
+        elif method == "attention":
+            head = "mean of heads" if args.head is None else f"head {args.head}"
+            maps[f"attention, layer {args.layer}, {head}"] = class_token_attention(
+                attention_maps(model, images), args.layer, args.head)
+        elif method == "gradcam":
+            maps["Grad-CAM"] = grad_cam(model, images, layer=args.layer if is_vit else None)
+        else:
+            raise ValueError(f"unknown method {method!r}: choose rollout, gradcam or attention")
+    with torch.no_grad():
+        predictions = model(images).argmax(1)
+    titles = [f"#{i}: true {dataset.classes[int(dataset.labels[i])]}, pred {dataset.classes[int(p)]}"
+              for i, p in zip(indices, predictions)]
+    fig = plot_explanations(images, maps, titles, mean=dataset.mean, std=dataset.std,
+                            suptitle=f"{config['model']['name']}: where it looks")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .data import data_root, load_dataset
 
@@ -306,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
 
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "download": cmd_download}
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_explain, "download": cmd_download}
     try:
         return commands[args.command](args)
     except (DatasetNotFoundError, CheckpointError, ValueError) as error:

@@ -16,7 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["show_images", "plot_history", "plot_confusion", "plot_per_class", "plot_patches", "to_display"]
+__all__ = ["show_images", "plot_history", "plot_confusion", "plot_per_class", "plot_patches", "to_display", "overlay",
+           "plot_explanations"]
 
 
 def to_display(image: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
@@ -129,4 +130,47 @@ def plot_patches(image: Tensor, patch_size: int, title: str | None = None) -> Fi
                        cmap="gray", vmin=0, vmax=1)
             sub.axis("off")
     fig.text(0.765, 0.94, f"{rows * cols} patches, row by row", ha="center")
+    return fig
+
+
+def overlay(image: Tensor, heatmap: Tensor, ax: Any = None, alpha: float = 0.5, cmap: str = "jet",
+            title: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Any:
+    """Draw ``heatmap`` ``(h, w)`` (any resolution; upsampled bilinearly) over ``image`` ``(C, H, W)``.
+
+    Returns the axes. The heat map is min-max scaled to [0, 1] so maps of different methods compare.
+    """
+    import torch.nn.functional as F
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    picture = to_display(image, mean, std)
+    height, width = picture.shape[:2]
+    heat = heatmap.detach().float().cpu()
+    if tuple(heat.shape) != (height, width):
+        heat = F.interpolate(heat[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-7)
+    ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_explanations(images: Tensor, maps: dict[str, Tensor], titles: Sequence[str] | None = None,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      suptitle: str | None = None) -> Figure:
+    """One row per image: the image, then one overlay per method (``{method: (N, h, w)}``)."""
+    n = images.shape[0]
+    cols = 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + (0.4 if suptitle else 0)), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(to_display(images[i], mean, std), cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].axis("off")
+        axes[i, 0].set_title(titles[i] if titles else "image", fontsize=9)
+        for j, (method, values) in enumerate(maps.items(), start=1):
+            overlay(images[i], values[i], axes[i, j], mean=mean, std=std, title=method if i == 0 else None)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
     return fig

@@ -63,7 +63,8 @@ class LearnedPositionalEncoding(nn.Module):
         nn.init.trunc_normal_(self.table, std=init_std)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return tokens + self.table[:, : tokens.shape[1]]
+        table = self.table if tokens.shape[1] == self.table.shape[1] else self.table[:, : tokens.shape[1]]
+        return tokens + table
 
 
 def make_positional_encoding(kind: PositionalKind, num_tokens: int, dim: int) -> nn.Module:
