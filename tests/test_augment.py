@@ -41,3 +41,17 @@ def test_affine_identity_and_background():
     background = torch.full((2, 1, 28, 28), -0.42)
     moved = random_affine(background, degrees=30.0, translate=0.2)
     assert torch.allclose(moved, background, atol=1e-6), "pixels moved in from outside take the background value"
+
+
+def test_cifar_strong_pipeline_runs_on_uint8_then_float():
+    from vitlab.augment import Pipeline
+    from vitlab.data import BatchLoader, ImageTensorDataset
+
+    pipeline = get_augmentation("cifar-strong")
+    assert isinstance(pipeline, Pipeline) and pipeline.before is not None
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    dataset = ImageTensorDataset(images, torch.zeros(16, dtype=torch.long), ["x"], (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    batch, _ = next(iter(BatchLoader(dataset, 16, augment=pipeline)))
+    assert batch.shape == (16, 3, 32, 32) and batch.dtype == torch.float32
+    assert not torch.allclose(batch, dataset.normalized())

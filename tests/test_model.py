@@ -51,7 +51,7 @@ def test_config_round_trip_and_validation():
         ViTConfig(image_size=28, patch_size=5)
     with pytest.raises(ValueError, match="divisible"):
         ViTConfig(dim=10, heads=4)
-    with pytest.raises(ValueError, match="unknown model preset"):
+    with pytest.raises(ValueError, match="unknown model"):
         create_model("vit_huge")
 
 

@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--warmup-epochs", type=float, default=None, help="(1.0)")
     recipe.add_argument("--label-smoothing", type=float, default=None, help="(0.0)")
     recipe.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 disables (1.0)")
-    recipe.add_argument("--augment", default=None, help="none, digits, crop, cifar (none)")
+    recipe.add_argument("--augment", default=None, help="none, digits, crop, cifar, cifar-strong (none)")
+    train.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                       help="fit the number of epochs to this wall-clock budget (measured on this machine); "
+                            "overrides --epochs")
     train.add_argument("--val-size", type=float, default=0.1,
                        help="validation share of the training set (a fraction, or a count if >= 1)")
     train.add_argument("--subset", type=int, default=None, help="train on a seeded random subset of N images")
@@ -114,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--split", default="test", choices=["test", "val", "train"])
     explain.add_argument("--data-root", default=None)
     explain.add_argument("--out", required=True, help="PNG file to write")
+
+    report = sub.add_parser("report", help="build reports/REPORT.md and REPORT.html from run folders",
+                            formatter_class=_HelpFormatter)
+    report.add_argument("runs", nargs="+", help="run folders (each with config.json, metrics.json, history.csv)")
+    report.add_argument("--out", default="reports", help="report folder")
+    report.add_argument("--title", default="vitlab results")
 
     download = sub.add_parser("download", help="download a dataset with torchvision")
     download.add_argument("dataset", help="mnist, fashion-mnist, cifar10, cifar100")
@@ -152,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import count_parameters, create_model, preset_config
     from .runtime import device as pick_device
     from .runtime import seed_everything
-    from .train import DistContext, evaluate, fit, recipe
+    from .train import DistContext, TrainConfig, evaluate, fit, plan_for_time_budget, recipe
 
     out = Path(args.out)
     device = pick_device(args.device)
@@ -177,6 +186,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                     max_steps_per_epoch=args.max_steps_per_epoch)
     if args.grad_clip is not None:
         config.grad_clip = args.grad_clip or None
+    config_path = out / "config.json"
+    if args.time_budget is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--time-budget measures one process; under torchrun pass --epochs instead")
+        saved = json.loads(config_path.read_text()) if args.resume and config_path.is_file() else None
+        if saved is not None:  # a resumed run keeps the plan it was started with
+            config = TrainConfig.from_dict(saved["train"])
+        else:
+            config = plan_for_time_budget(model, train_set, val_set, config, args.time_budget, device)
+            print(f"time budget {args.time_budget:.0f} s: {config.epochs} epoch(s)"
+                  + (f" of {config.max_steps_per_epoch} steps" if config.max_steps_per_epoch else ""), flush=True)
     run_config = {
         "model": model_spec(args.model, model),
         "train": config.to_dict(),
@@ -184,9 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "test_subset": args.test_subset, "train_n": len(train_set), "val_n": len(val_set),
                     "test_n": len(test_set), "classes": train_set.classes,
                     "mean": list(train_set.mean), "std": list(train_set.std)},
+        **({"time_budget_s": args.time_budget} if args.time_budget is not None else {}),
     }
     dist = DistContext.from_env(device.type)
-    config_path = out / "config.json"
     if args.resume and config_path.is_file():
         saved = json.loads(config_path.read_text())
         for key in ("model", "train"):
@@ -229,6 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "device": _device_name(next(model.parameters()).device), "world_size": dist.world_size,
         "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
         "model": args.model, "dataset": args.dataset, "command": _command_line(),
+        "time_budget_s": args.time_budget, "train_n": len(train_set), "recipe": config.to_dict(),
         **({"resumed_from": previous.get("command")} if args.resume and previous else {}),
     }
     _write_json(out / "metrics.json", metrics)
@@ -243,8 +264,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _preset_fields(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     from .model import PRESETS, preset_config
 
+    from .cnn import CNN_ARCHITECTURES, CNNConfig
+
     if name in PRESETS:
         return preset_config(name, **{k: v for k, v in overrides.items()}).to_dict()
+    if name in CNN_ARCHITECTURES:
+        return CNNConfig(arch=name, **overrides).to_dict()
     return dict(overrides)
 
 
@@ -340,6 +365,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs, args.out, args.title)
+    print(f"wrote {path} and {path.with_suffix('.html')}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .data import data_root, load_dataset
 
@@ -376,10 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
 
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_explain, "download": cmd_download}
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_explain, "report": cmd_report,
+                "download": cmd_download}
     try:
         return commands[args.command](args)
-    except (DatasetNotFoundError, CheckpointError, ValueError) as error:
+    except (DatasetNotFoundError, CheckpointError, ValueError, FileNotFoundError) as error:
         print(f"vitlab {args.command}: error: {error}", file=sys.stderr)
         return 2
 

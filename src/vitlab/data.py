@@ -184,7 +184,8 @@ class BatchLoader:
     order is a permutation drawn from ``seed`` and the epoch number, so a run is
     reproducible and ``set_epoch`` reshuffles. With ``world_size > 1`` each rank
     sees its own disjoint shard (for ``DistributedDataParallel``). ``augment`` is
-    applied to the float batch on the device, after normalization.
+    applied to the float batch on the device, after normalization; an augmentation
+    with a ``before`` stage (:class:`vitlab.augment.Pipeline`) also gets the uint8 batch.
     """
 
     def __init__(self, dataset: ImageTensorDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -236,7 +237,11 @@ class BatchLoader:
             idx = order[start : start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            images = normalize(self._images[idx], self.dataset.mean, self.dataset.std)
+            images = self._images[idx]
+            before = getattr(self.augment, "before", None)
+            if before is not None:  # stages that need uint8 pixels (e.g. TrivialAugment)
+                images = before(images)
+            images = normalize(images, self.dataset.mean, self.dataset.std)
             if self.augment is not None:
                 images = self.augment(images)
             yield images, self._labels[idx]
@@ -337,6 +342,15 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[Ten
     return images, labels, tuple(names)
 
 
+def _train_val_split(dataset: ImageTensorDataset, split: str, val_size: int | float, seed: int) -> ImageTensorDataset:
+    """Carve the ``train`` or ``val`` part out of a training pool (other splits pass through)."""
+    if split not in ("train", "val"):
+        return dataset
+    n_val = int(round(val_size * len(dataset))) if isinstance(val_size, float) else int(val_size)
+    train_idx, val_idx = split_indices(len(dataset), n_val, seed)
+    return dataset.subset(train_idx if split == "train" else val_idx, split)
+
+
 def _resolve_name(name: str) -> str:
     key = name.lower()
     key = _ALIASES.get(key, key)
@@ -377,11 +391,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
     base = data_root(root)
     images, labels, classes = _load_split(key, base, split != "test", download)
     dataset = ImageTensorDataset(images, labels, info.classes or classes, info.mean, info.std, key, split)
-    if split in ("train", "val"):
-        n_val = int(round(val_size * len(dataset))) if isinstance(val_size, float) else int(val_size)
-        train_idx, val_idx = split_indices(len(dataset), n_val, seed)
-        dataset = dataset.subset(train_idx if split == "train" else val_idx, split)
-    return _take_subset(dataset, subset, seed)
+    return _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)
 
 
 def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_size: int = 32, channels: int = 3,
@@ -421,8 +431,4 @@ def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_
     if split == "test":
         return _take_subset(ImageTensorDataset(test_images, test_labels, classes, mean, std, name, "test"), subset, seed)
     dataset = ImageTensorDataset(train_images, train_labels, classes, mean, std, name, split)
-    if split in ("train", "val"):
-        n_val = int(round(val_size * len(dataset))) if isinstance(val_size, float) else int(val_size)
-        train_idx, val_idx = split_indices(len(dataset), n_val, seed)
-        dataset = dataset.subset(train_idx if split == "train" else val_idx, split)
-    return _take_subset(dataset, subset, seed)
+    return _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)

@@ -90,13 +90,17 @@ PRESETS: dict[str, ViTConfig] = {
     # CIFAR-sized: 32x32 RGB, 4x4 patches -> 64 tokens.
     "vit_cifar": ViTConfig(image_size=32, in_channels=3, patch_size=4, dim=192, depth=9, heads=12,
                            mlp_ratio=2.0, dropout=0.0, drop_path=0.1, positional="learned"),
+    # A CIFAR-sized ViT small enough to train for tens of epochs on a laptop CPU (about 0.8M parameters).
+    "vit_cifar_small": ViTConfig(image_size=32, in_channels=3, patch_size=4, dim=128, depth=6, heads=4,
+                                 mlp_ratio=2.0, drop_path=0.05, positional="learned"),
 }
 
 
 def preset_config(name: str, **overrides: Any) -> ViTConfig:
     """The config of preset ``name`` with some fields replaced (e.g. ``num_classes=100``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        raise ValueError(f"unknown model {name!r}; ViT presets: {', '.join(sorted(PRESETS))}; "
+                         "CNN baselines: resnet18, vgg11, simple_cnn")
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
@@ -168,5 +172,10 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a model by preset name, e.g. ``create_model("vit_mnist")`` or ``create_model("vit_cifar", num_classes=100)``."""
+    """Build a model by name: a ViT preset (``create_model("vit_cifar", num_classes=100)``) or a CNN
+    baseline from :mod:`vitlab.cnn` (``create_model("resnet18", in_channels=3, image_size=32)``)."""
+    from .cnn import CNN_ARCHITECTURES, CNNClassifier, CNNConfig
+
+    if name in CNN_ARCHITECTURES:
+        return CNNClassifier(CNNConfig(arch=name, **overrides))
     return ViT(preset_config(name, **overrides))

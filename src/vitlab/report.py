@@ -1,0 +1,269 @@
+"""Build the results report (``reports/REPORT.md`` and ``REPORT.html``) from run folders.
+
+``vitlab report runs/a runs/b ... --out reports/`` reads each run's ``config.json``,
+``metrics.json`` and ``history.csv``, copies those three files into ``reports/runs/NAME/``
+(so every number in the report is traceable inside the repository), draws the figures, and
+writes the report: methodology, one results table per dataset, curves, per-class
+comparisons, and conclusions computed from the numbers (never typed in by hand).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["load_runs", "build_report"]
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Read run folders. Each entry: name, path, config, metrics, history."""
+    from .train import read_history_csv
+
+    runs = []
+    for path in paths:
+        path = Path(path)
+        metrics_path, config_path = path / "metrics.json", path / "config.json"
+        if not metrics_path.is_file() or not config_path.is_file():
+            raise FileNotFoundError(f"{path} is not a finished run folder (needs config.json and metrics.json)")
+        history_path = path / "history.csv"
+        runs.append({
+            "name": path.name, "path": path,
+            "config": json.loads(config_path.read_text()),
+            "metrics": json.loads(metrics_path.read_text()),
+            "history": read_history_csv(history_path) if history_path.is_file() else [],
+        })
+    return runs
+
+
+def _family(run: dict[str, Any]) -> str:
+    return "ViT" if run["config"]["model"]["family"] == "vit" else "CNN"
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _throughput(run: dict[str, Any]) -> float | None:
+    values = [row.get("train_images_per_s") for row in run["history"] if row.get("train_images_per_s")]
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def _flops(run: dict[str, Any]) -> float | None:
+    """Forward FLOPs per image, counted on the rebuilt architecture (no weights needed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .checkpoint import build_model
+
+    try:
+        model = build_model(run["config"]["model"]).eval()
+    except Exception:
+        return None
+    fields = run["config"]["model"]["config"]
+    images = torch.zeros(1, fields.get("in_channels", 1), fields.get("image_size", 28), fields.get("image_size", 28))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    return counter.get_total_flops()
+
+
+def _recipe_text(run: dict[str, Any]) -> str:
+    train = run["config"]["train"]
+    parts = [f"{train['optimizer']} lr {train['lr']:g}", f"wd {train['weight_decay']:g}",
+             f"warmup {train['warmup_epochs']:g} ep + cosine", f"batch {train['batch_size']}",
+             f"augment {train['augment']}"]
+    if train.get("label_smoothing"):
+        parts.append(f"label smoothing {train['label_smoothing']:g}")
+    epochs = f"{train['epochs']} epoch(s)"
+    if train.get("max_steps_per_epoch"):
+        epochs = f"{train['max_steps_per_epoch']} steps (<1 epoch)"
+    return ", ".join(parts) + f", {epochs}"
+
+
+def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_per_class
+
+    made = []
+    slug = dataset.replace(":", "_").replace("/", "_")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for run in runs:
+        history = run["history"]
+        if not history:
+            continue
+        elapsed, total = [], 0.0
+        for row in history:
+            total += row.get("epoch_time_s", 0.0)
+            elapsed.append(total / 60)
+        label = f"{run['metrics']['model']} ({run['name']})"
+        axes[0].plot(elapsed, [row["train_loss"] for row in history], "-o", markersize=3, label=label)
+        if all("val_accuracy" in row for row in history):
+            axes[1].plot(elapsed, [100 * row["val_accuracy"] for row in history], "-o", markersize=3, label=label)
+    axes[0].set(xlabel="training time (min)", ylabel="training loss", title="Training loss", yscale="log")
+    axes[1].set(xlabel="training time (min)", ylabel="validation accuracy (%)", title="Validation accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{dataset}: curves against wall-clock time")
+    fig.tight_layout()
+    name = f"figures/{slug}-curves.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    made.append(name)
+
+    classes = list(runs[0]["metrics"]["per_class_accuracy"])
+    models = [r["metrics"]["model"] for r in runs]
+    per_class = {(m if models.count(m) == 1 else f"{m} [{r['name']}]"): list(r["metrics"]["per_class_accuracy"].values())
+                 for m, r in zip(models, runs)}
+    fig = plot_per_class(per_class, classes, title=f"{dataset}: test accuracy per class")
+    name = f"figures/{slug}-per-class.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    made.append(name)
+    return made
+
+
+def _confused_pairs(run: dict[str, Any], top: int = 3) -> list[tuple[str, str, int]]:
+    confusion = run["metrics"]["confusion"]
+    classes = list(run["metrics"]["per_class_accuracy"])
+    pairs = [(classes[i], classes[j], confusion[i][j]) for i in range(len(classes)) for j in range(len(classes))
+             if i != j and confusion[i][j] > 0]
+    return sorted(pairs, key=lambda p: -p[2])[:top]
+
+
+def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    best = max(rows, key=lambda r: r["accuracy"])
+    lines.append(f"Best test accuracy on {dataset}: **{best['model']}**, {best['accuracy']:.2f} % "
+                 f"(run `{best['run']}`).")
+    vits = [r for r in rows if r["family"] == "ViT"]
+    cnns = [r for r in rows if r["family"] == "CNN"]
+    if vits and cnns:
+        v = max(vits, key=lambda r: r["accuracy"])
+        c = max(cnns, key=lambda r: r["accuracy"])
+        gap = v["accuracy"] - c["accuracy"]
+        relation = "above" if gap > 0 else "below" if gap < 0 else "level with"
+        lines.append(f"The best ViT ({v['model']}, {v['accuracy']:.2f} %) is {abs(gap):.2f} percentage points "
+                     f"{relation} the best CNN ({c['model']}, {c['accuracy']:.2f} %), "
+                     f"with {v['params'] / max(c['params'], 1):.2f}x its parameters.")
+        budgets = {round(r["train_time_s"] / 60, 1) for r in rows}
+        if all(r.get("time_budget_s") for r in rows if r["family"] == "CNN"):
+            lines.append("The CNNs were given the same wall-clock training budget as the ViT on the same machine "
+                         "(--time-budget), so the comparison is accuracy per unit of CPU time: "
+                         + "; ".join(f"{r['model']} completed {r['epochs_done']}" for r in rows) + ".")
+        elif len(budgets) > 1:
+            lines.append("Training times differ between runs (see the table): compare accuracy together with time.")
+    speeds = [r for r in rows if r["images_per_s"]]
+    if len(speeds) >= 2:
+        fast = max(speeds, key=lambda r: r["images_per_s"])
+        slow = min(speeds, key=lambda r: r["images_per_s"])
+        lines.append(f"Training throughput on this machine ranged from {slow['images_per_s']:,.0f} images/s "
+                     f"({slow['model']}) to {fast['images_per_s']:,.0f} images/s ({fast['model']}), a factor of "
+                     f"{fast['images_per_s'] / slow['images_per_s']:.1f}.")
+    for run in runs:
+        pairs = _confused_pairs(run)
+        if pairs:
+            lines.append(f"{run['metrics']['model']}'s most frequent confusions (true → predicted): "
+                         + ", ".join(f"{a} → {b} ({n})" for a, b, n in pairs) + ".")
+    return lines
+
+
+def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results") -> Path:
+    """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders; returns the .md path."""
+    import platform
+
+    import mistune
+    import torch
+
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    runs = load_runs(run_paths)
+    if not runs:
+        raise ValueError("no run folders given")
+    for run in runs:  # keep the evidence next to the report
+        target = out / "runs" / run["name"]
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "metrics.json", "history.csv"):
+            if (run["path"] / name).is_file() and (run["path"] / name).resolve() != (target / name).resolve():
+                shutil.copy2(run["path"] / name, target / name)
+
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_dataset.setdefault(run["metrics"]["dataset"], []).append(run)
+
+    md = [f"# {title}", "",
+          f"Generated {_dt.date.today().isoformat()} by `vitlab report` from {len(runs)} run folder(s); "
+          "every number below comes from a run's `metrics.json` or `history.csv`, copied to "
+          f"`{out.name}/runs/<run>/`.", "",
+          "## Methodology", ""]
+    devices = sorted({r["metrics"].get("device", "?") for r in runs})
+    md += [
+        f"- **Hardware:** {', '.join(devices)}; PyTorch {runs[0]['metrics'].get('torch', torch.__version__)}, "
+        f"Python {runs[0]['metrics'].get('python', platform.python_version())}.",
+        "- **Data:** the official test split for testing; a seeded 90/10 split of the training set for training "
+        "and validation (the validation set is used only to watch training). The CIFAR-10 copy used here is a "
+        "subset (1,000 training and 200 test images per class) decoded from JPEGs, not the official files, so "
+        "its numbers are not comparable with published CIFAR-10 results.",
+        "- **Preprocessing:** pixels scaled to [0, 1] and standardized with the dataset's per-channel mean and "
+        "standard deviation; augmentation on whole batches (`digits`: random rotation ±10°, shift ±10 %, zoom "
+        "0.9–1.1; `cifar-strong`: TrivialAugmentWide, then pad-4 random crop and horizontal flip).",
+        "- **Models:** vitlab's ViT presets (pre-norm encoder, class token, learned positions) and torchvision's "
+        "ResNet-18 and VGG-11-BN adapted for small images (3×3 stem, no early max-pool; global average pooling "
+        "and a linear classifier for VGG), plus a small plain CNN.",
+        "- **Training:** one engine for every model (`vitlab.train.fit`), per-run recipe listed below; where a run "
+        "has a time budget, its number of epochs was chosen by measuring its step time on this machine "
+        "(`--time-budget`), so models get equal wall-clock time, not equal epochs.",
+        "",
+        "## Results", ""]
+    for dataset, group in by_dataset.items():
+        rows = []
+        for run in group:
+            m = run["metrics"]
+            flops = _flops(run)
+            train = run["config"]["train"]
+            epochs_done = (f"{m['epochs']} epochs" if not train.get("max_steps_per_epoch")
+                           else f"{train['max_steps_per_epoch']} steps")
+            rows.append({"run": f"{out.name}/runs/{run['name']}", "model": m["model"], "family": _family(run),
+                         "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
+                         "mflops": flops / 1e6 if flops else None, "train_time_s": m["train_time_s"],
+                         "images_per_s": _throughput(run), "epochs_done": epochs_done,
+                         "time_budget_s": m.get("time_budget_s"), "train_n": m.get("train_n")})
+        rows.sort(key=lambda r: -r["accuracy"])
+        md += [f"### {dataset}", "",
+               "| model | family | test accuracy | test images | parameters | MFLOPs / image | training | "
+               "train images/s | run |",
+               "|---|---|---:|---:|---:|---:|---|---:|---|"]
+        for r in rows:
+            md.append(f"| {r['model']} | {r['family']} | {r['accuracy']:.2f} % | {r['n']:,} | {r['params']:,} | "
+                      f"{r['mflops']:.1f} | {r['epochs_done']}, {_fmt_time(r['train_time_s'])} | "
+                      f"{r['images_per_s'] or 0:,.0f} | `{r['run']}` |" if r["mflops"] is not None else
+                      f"| {r['model']} | {r['family']} | {r['accuracy']:.2f} % | {r['n']:,} | {r['params']:,} | – | "
+                      f"{r['epochs_done']}, {_fmt_time(r['train_time_s'])} | {r['images_per_s'] or 0:,.0f} | "
+                      f"`{r['run']}` |")
+        md += ["", "Recipes and commands:", ""]
+        for run in group:
+            train_n = run["metrics"].get("train_n") or run["config"].get("dataset", {}).get("train_n")
+            size = f"{train_n:,}" if isinstance(train_n, int) else "?"
+            md.append(f"- `{run['name']}`: {_recipe_text(run)}; trained on {size} images. "
+                      f"Command: `{run['metrics'].get('command', '?')}`")
+        figures = _figures(group, dataset, out)
+        md += [""] + [f"![{dataset} {Path(f).stem}]({f})" for f in figures] + [""]
+        md += ["**What the numbers say**", ""] + [f"- {line}" for line in _conclusions(dataset, rows, group)] + [""]
+    md += ["## Reproducing", "",
+           "Each command above recreates its run folder (same seed, same machine type: same numbers up to "
+           "timing-dependent epoch counts for budgeted runs). Then `vitlab report <run folders> --out reports` "
+           "rebuilds this report (`make report` does it for the runs listed in the Makefile).", ""]
+    text = "\n".join(md)
+    (out / "REPORT.md").write_text(text)
+    html_body = mistune.html(text)
+    (out / "REPORT.html").write_text(
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>" + title + "</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;line-height:1.5}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
+        "code{background:#f4f4f4}</style></head><body>" + html_body + "</body></html>\n")
+    return out / "REPORT.md"
