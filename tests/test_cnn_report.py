@@ -62,6 +62,8 @@ def test_time_budget_planning():
     config = TrainConfig(epochs=50, batch_size=32)
     long = plan_for_time_budget(model, train, None, config, budget_s=3600)
     assert long.epochs > 1 and long.max_steps_per_epoch is None
+    capped = plan_for_time_budget(model, train, None, config, budget_s=3600, max_epochs=3)
+    assert capped.epochs == 3
     short = plan_for_time_budget(model, train, None, config, budget_s=1e-4)
     assert short.epochs == 1 and short.max_steps_per_epoch == 1
 

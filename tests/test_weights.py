@@ -37,3 +37,14 @@ def test_shipped_weights_reproduce_their_test_accuracy():
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
     recorded = torch.tensor(metrics["confusion"])
     assert (torch.tensor(result["confusion"]) - recorded).abs().sum() <= 10
+
+
+@pytest.mark.usefixtures("cifar10_available")
+def test_shipped_cifar_weights_reproduce_their_test_accuracy():
+    """Lesson 10 loads these weights: the recorded 10-minute CIFAR-10 ViT run."""
+    run = shipped_run("cifar10-vit_cifar_small")
+    assert (run / "model.safetensors").stat().st_size < 5 * 1024 * 1024
+    metrics = json.loads((run / "metrics.json").read_text())
+    result = evaluate(load_model(run), load_dataset("cifar10", "test"), batch_size=500)
+    assert result["n"] == metrics["test_n"]
+    assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "atomic_write", "save_json", "save_weights", "load_weights", "save_state",
-           "load_state", "build_model", "load_model", "model_spec", "shipped_run"]
+           "load_state", "build_model", "load_model", "model_spec", "shipped_run", "repository_run"]
 
 
 class CheckpointError(RuntimeError):
@@ -38,9 +38,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         write(tmp)
+        # mkstemp makes 0600 files (and some writers recreate the file): give the usual permissions.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -172,10 +173,19 @@ def shipped_run(name: str = "vit_mnist") -> Path:
     Found next to the package in a source checkout (editable install), else under ``./weights``
     or ``../weights`` (notebooks run in ``notebooks/``).
     """
-    candidates = [Path(__file__).resolve().parents[2] / "weights" / name, Path.cwd() / "weights" / name,
-                  Path.cwd().parent / "weights" / name]
+    return repository_run("weights", name)
+
+
+def repository_run(folder: str, name: str) -> Path:
+    """A run folder committed to the repository under ``folder/NAME`` (``weights`` or ``reports/runs``).
+
+    Looked up next to the package in a source checkout (editable install), else under the current
+    directory or its parent (notebooks run in ``notebooks/``).
+    """
+    candidates = [Path(__file__).resolve().parents[2] / folder / name, Path.cwd() / folder / name,
+                  Path.cwd().parent / folder / name]
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
-    raise CheckpointError(f"shipped weights {name!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
-                          "they live in the repository's weights/ folder")
+    raise CheckpointError(f"{folder}/{name} not found (looked in {', '.join(str(c) for c in candidates)}); "
+                          f"it lives in the repository's {folder}/ folder")

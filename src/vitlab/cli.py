@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--augment", default=None, help="none, digits, crop, cifar, cifar-strong (none)")
     train.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="fit the number of epochs to this wall-clock budget (measured on this machine); "
-                            "overrides --epochs")
+                            "an explicit --epochs becomes the most it may run")
     train.add_argument("--val-size", type=float, default=0.1,
                        help="validation share of the training set (a fraction, or a count if >= 1)")
     train.add_argument("--subset", type=int, default=None, help="train on a seeded random subset of N images")
@@ -194,7 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if saved is not None:  # a resumed run keeps the plan it was started with
             config = TrainConfig.from_dict(saved["train"])
         else:
-            config = plan_for_time_budget(model, train_set, val_set, config, args.time_budget, device)
+            config = plan_for_time_budget(model, train_set, val_set, config, args.time_budget, device,
+                                          max_epochs=args.epochs)
             print(f"time budget {args.time_budget:.0f} s: {config.epochs} epoch(s)"
                   + (f" of {config.max_steps_per_epoch} steps" if config.max_steps_per_epoch else ""), flush=True)
     run_config = {

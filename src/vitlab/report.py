@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["load_runs", "build_report"]
+__all__ = ["load_runs", "recorded_runs", "build_report"]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -36,6 +36,21 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             "history": read_history_csv(history_path) if history_path.is_file() else [],
         })
     return runs
+
+
+def recorded_runs(dataset: str | None = None) -> list[dict[str, Any]]:
+    """The runs behind the committed report (``reports/runs/*``), optionally only one dataset's.
+
+    Lessons use these to show the measured comparison without retraining every model.
+    """
+    candidates = [Path(__file__).resolve().parents[2] / "reports" / "runs", Path.cwd() / "reports" / "runs",
+                  Path.cwd().parent / "reports" / "runs"]
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        raise FileNotFoundError(f"no recorded runs (looked in {', '.join(str(c) for c in candidates)}); "
+                                "they are committed in the repository's reports/runs/ folder")
+    runs = load_runs(sorted(p for p in folder.iterdir() if (p / "metrics.json").is_file()))
+    return [r for r in runs if dataset is None or r["metrics"]["dataset"] == dataset]
 
 
 def _family(run: dict[str, Any]) -> str:
@@ -76,10 +91,19 @@ def _recipe_text(run: dict[str, Any]) -> str:
              f"augment {train['augment']}"]
     if train.get("label_smoothing"):
         parts.append(f"label smoothing {train['label_smoothing']:g}")
-    epochs = f"{train['epochs']} epoch(s)"
-    if train.get("max_steps_per_epoch"):
-        epochs = f"{train['max_steps_per_epoch']} steps (<1 epoch)"
-    return ", ".join(parts) + f", {epochs}"
+    return ", ".join(parts) + f", {_amount_trained(run)}"
+
+
+def _amount_trained(run: dict[str, Any]) -> str:
+    """How much training a run did: whole epochs, or shortened epochs as steps and epoch equivalents."""
+    train, metrics = run["config"]["train"], run["metrics"]
+    epochs = metrics.get("epochs", train["epochs"])
+    steps = train.get("max_steps_per_epoch")
+    if not steps:
+        return f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    train_n = metrics.get("train_n") or run["config"].get("dataset", {}).get("train_n")
+    equivalent = f" ≈ {epochs * steps * train['batch_size'] / train_n:.2f} epochs" if train_n else ""
+    return f"{epochs} × {steps} steps{equivalent}"
 
 
 def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
@@ -151,12 +175,20 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
         lines.append(f"The best ViT ({v['model']}, {v['accuracy']:.2f} %) is {abs(gap):.2f} percentage points "
                      f"{relation} the best CNN ({c['model']}, {c['accuracy']:.2f} %), "
                      f"with {v['params'] / max(c['params'], 1):.2f}x its parameters.")
-        budgets = {round(r["train_time_s"] / 60, 1) for r in rows}
-        if all(r.get("time_budget_s") for r in rows if r["family"] == "CNN"):
-            lines.append("The CNNs were given the same wall-clock training budget as the ViT on the same machine "
-                         "(--time-budget), so the comparison is accuracy per unit of CPU time: "
-                         + "; ".join(f"{r['model']} completed {r['epochs_done']}" for r in rows) + ".")
-        elif len(budgets) > 1:
+        budgeted = [r for r in rows if r.get("time_budget_s")]
+        budgets = {r["time_budget_s"] for r in budgeted}
+        if len(budgets) == 1 and len(budgeted) >= 2:
+            budget = budgets.pop()
+            spent = [r["train_time_s"] for r in budgeted]
+            lines.append(f"{len(budgeted)} models were given the same wall-clock training budget of {budget:.0f} s "
+                         "on the same machine (--time-budget), so the comparison is accuracy per unit of CPU time. "
+                         "The number of epochs is planned from a measured step time, so the time actually spent "
+                         f"ranged from {min(spent):.0f} to {max(spent):.0f} s. In that budget "
+                         + "; ".join(f"{r['model']} completed {r['epochs_done']}" for r in budgeted) + ".")
+            others = [r["model"] for r in rows if not r.get("time_budget_s")]
+            if others:
+                lines.append(f"{', '.join(others)} trained for a fixed number of epochs instead (not budgeted).")
+        else:
             lines.append("Training times differ between runs (see the table): compare accuracy together with time.")
     speeds = [r for r in rows if r["images_per_s"]]
     if len(speeds) >= 2:
@@ -225,9 +257,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         for run in group:
             m = run["metrics"]
             flops = _flops(run)
-            train = run["config"]["train"]
-            epochs_done = (f"{m['epochs']} epochs" if not train.get("max_steps_per_epoch")
-                           else f"{train['max_steps_per_epoch']} steps")
+            epochs_done = _amount_trained(run)
             rows.append({"run": f"{out.name}/runs/{run['name']}", "model": m["model"], "family": _family(run),
                          "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
                          "mflops": flops / 1e6 if flops else None, "train_time_s": m["train_time_s"],
@@ -257,7 +287,8 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
     md += ["## Reproducing", "",
            "Each command above recreates its run folder (same seed, same machine type: same numbers up to "
            "timing-dependent epoch counts for budgeted runs). Then `vitlab report <run folders> --out reports` "
-           "rebuilds this report (`make report` does it for the runs listed in the Makefile).", ""]
+           "rebuilds this report (`make baselines` reruns the comparison runs; `make report` rebuilds the report "
+           "from the copies in `reports/runs/`).", ""]
     text = "\n".join(md)
     (out / "REPORT.md").write_text(text)
     html_body = mistune.html(text)

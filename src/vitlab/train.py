@@ -74,8 +74,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 98.5 %+ on MNIST within 15 minutes on a 2-core CPU (README: "How the recipe was tuned").
     "vit_mnist": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
                   "augment": "digits"},
-    # The walkthrough's tiny model (hidden size 8) trains with a larger step size.
-    "vit_seed": {"epochs": 5, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.0, "warmup_epochs": 0.5},
+    # The walkthrough's tiny model (hidden size 8): its step size, and 15 epochs (about 3.5 minutes on a
+    # 2-core CPU) instead of 5: 93.5 % test accuracy vs 81.9 % after 5 epochs (README, "Results").
+    "vit_seed": {"epochs": 15, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.0, "warmup_epochs": 0.5},
     # Small-data ViT recipe for CIFAR-sized inputs (GPU-sized: 200 epochs).
     "vit_cifar": {"epochs": 200, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
                   "label_smoothing": 0.1, "augment": "cifar-strong"},
@@ -128,11 +129,12 @@ class DistContext:
 
 def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDataset | None,
                          config: TrainConfig, budget_s: float, device: torch.device | str | None = None,
-                         probe_steps: int = 6) -> TrainConfig:
+                         probe_steps: int = 6, max_epochs: int | None = None) -> TrainConfig:
     """Fit the recipe to a wall-clock budget: measure seconds per step on a copy of the model,
     then choose how many epochs (or, if not even one fits, how many steps of one epoch) the
     budget allows, counting one validation pass per epoch. The schedule (warmup + cosine) is
-    then laid out over exactly that many steps, as for any other run.
+    then laid out over exactly that many steps, as for any other run. ``max_epochs`` caps the
+    plan, so a fast machine stops at the recipe's length instead of filling the budget.
     """
     import copy
 
@@ -144,10 +146,10 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp else nullcontext()
     rng = torch.get_rng_state()
     timings = []
-    for step, (images, labels) in enumerate(loader):
+    started = time.perf_counter()
+    for step, (images, labels) in enumerate(loader):  # timed from batch fetch (with augmentation) to step end
         if step == probe_steps + 2:
             break
-        started = time.perf_counter()
         with autocast:
             loss = F.cross_entropy(probe(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -157,19 +159,30 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
             torch.cuda.synchronize(device)
         if step >= 2:  # the first steps pay one-off allocation costs
             timings.append(time.perf_counter() - started)
+        started = time.perf_counter()
     torch.set_rng_state(rng)
     if not timings:
         raise ValueError("training set too small to measure a training step")
     step_s = sorted(timings)[len(timings) // 2]
     eval_s = 0.0
     if val_set is not None and len(val_set):
+        sample = val_set.subset(torch.arange(min(len(val_set), 500)))
+        evaluate(probe, sample, config.eval_batch_size, device)  # warm-up: the first pass pays one-off costs
         started = time.perf_counter()
-        evaluate(probe, val_set.subset(torch.arange(min(len(val_set), 500))), config.eval_batch_size, device)
+        evaluate(probe, sample, config.eval_batch_size, device)
         eval_s = (time.perf_counter() - started) * len(val_set) / min(len(val_set), 500)
     steps_per_epoch = len(loader)
-    epochs = int(budget_s // (steps_per_epoch * step_s + eval_s))
-    if epochs >= 1:
-        return dataclasses.replace(config, epochs=epochs, max_steps_per_epoch=None)
+    fits = budget_s / (steps_per_epoch * step_s + eval_s)  # epochs that fit, fractional
+    if max_epochs is not None and fits >= max_epochs:
+        return dataclasses.replace(config, epochs=max_epochs, max_steps_per_epoch=None)
+    if fits >= 3:  # rounding down wastes at most a quarter of the budget
+        return dataclasses.replace(config, epochs=int(fits), max_steps_per_epoch=None)
+    if fits >= 1:
+        # Between one and three epochs: round up and shorten every epoch, so that rounding down
+        # does not throw away up to half the budget (each epoch then sees a fresh shuffled part).
+        epochs = math.ceil(fits)
+        steps = int((budget_s - epochs * eval_s) // (epochs * step_s))
+        return dataclasses.replace(config, epochs=epochs, max_steps_per_epoch=min(max(1, steps), steps_per_epoch))
     steps = max(1, int((budget_s - eval_s) // step_s))
     return dataclasses.replace(config, epochs=1, max_steps_per_epoch=min(steps, steps_per_epoch),
                                warmup_epochs=min(config.warmup_epochs, 0.1))
