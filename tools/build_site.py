@@ -4,7 +4,8 @@
     VITLAB_QUICK=1 python tools/build_site.py      quick mode, as in the tests
 
 Interactive widgets cannot run in a static page; their outputs are replaced by a
-short note (every widget in the course sits next to a static figure showing the same).
+short note (every widget in the course sits next to a static figure showing the same), and
+progress bars, which only matter while a cell runs, are dropped.
 """
 
 from __future__ import annotations
@@ -26,11 +27,24 @@ WIDGET_NOTE = ("<p style='color:#666;font-style:italic'>[interactive widget: ope
                "(<code>make lab</code>) to use it; the static figure next to it shows the same idea]</p>")
 
 
+def _is_progress_bar(output: nbformat.NotebookNode) -> bool:
+    """tqdm's notebook bar: a widget whose text fallback reads like 'epochs:  0%|...| 0/3'."""
+    text = output.get("data", {}).get("text/plain", "")
+    return "%|" in ("".join(text) if isinstance(text, list) else text)
+
+
 def replace_widgets(nb: nbformat.NotebookNode) -> None:
+    """Drop progress bars (they only matter while a cell runs) and put a note where an interactive widget was."""
     for cell in nb.cells:
+        outputs = []
         for output in cell.get("outputs", []):
             if WIDGET_MIME in output.get("data", {}):
+                if _is_progress_bar(output):
+                    continue
                 output["data"] = {"text/html": WIDGET_NOTE}
+            outputs.append(output)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
     nb.metadata.pop("widgets", None)
 
 
