@@ -239,8 +239,11 @@ def test_cli_interrupted_run_resumes_to_a_valid_run_folder(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", "vit_seed", "--dataset", f"folder:{data}", "--model-arg", "image_size=16",
             "--epochs", "30", "--batch-size", "8", "--out", str(out), "--quiet"]
+    # A shell that starts jobs in the background makes them ignore SIGINT, and Python then installs no
+    # KeyboardInterrupt handler: restore the default, as in an interactive terminal.
     process = subprocess.Popen([sys.executable, "-m", "vitlab", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
