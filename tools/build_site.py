@@ -52,6 +52,7 @@ def title_and_summary(nb: nbformat.NotebookNode) -> tuple[str, str]:
     first = nb.cells[0].source.strip().splitlines()
     title = first[0].lstrip("# ").strip()
     body = " ".join(line.strip() for line in first[1:] if line.strip())
+    body = body.replace("**", "").replace("`", "").replace("*", "")   # plain text for the index
     return title, body.split(". ")[0].rstrip(".") + "."
 
 
