@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "atomic_write", "save_json", "save_weights", "load_weights", "save_state",
-           "load_state", "build_model", "load_model", "model_spec", "shipped_run", "repository_run"]
+           "load_state", "build_model", "load_model", "model_spec", "shipped_run", "repository_run",
+           "repository_candidates"]
 
 
 class CheckpointError(RuntimeError):
@@ -176,14 +177,19 @@ def shipped_run(name: str = "vit_mnist") -> Path:
     return repository_run("weights", name)
 
 
+def repository_candidates(folder: str) -> list[Path]:
+    """Where a folder committed to the repository may be: next to the package in a source checkout
+    (editable install), else under the current directory or its parent (notebooks run in ``notebooks/``)."""
+    return [Path(__file__).resolve().parents[2] / folder, Path.cwd() / folder, Path.cwd().parent / folder]
+
+
 def repository_run(folder: str, name: str) -> Path:
     """A run folder committed to the repository under ``folder/NAME`` (``weights`` or ``reports/runs``).
 
     Looked up next to the package in a source checkout (editable install), else under the current
     directory or its parent (notebooks run in ``notebooks/``).
     """
-    candidates = [Path(__file__).resolve().parents[2] / folder / name, Path.cwd() / folder / name,
-                  Path.cwd().parent / folder / name]
+    candidates = [base / name for base in repository_candidates(folder)]
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate

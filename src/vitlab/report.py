@@ -43,8 +43,9 @@ def recorded_runs(dataset: str | None = None) -> list[dict[str, Any]]:
 
     Lessons use these to show the measured comparison without retraining every model.
     """
-    candidates = [Path(__file__).resolve().parents[2] / "reports" / "runs", Path.cwd() / "reports" / "runs",
-                  Path.cwd().parent / "reports" / "runs"]
+    from .checkpoint import repository_candidates
+
+    candidates = repository_candidates("reports/runs")
     folder = next((c for c in candidates if c.is_dir()), None)
     if folder is None:
         raise FileNotFoundError(f"no recorded runs (looked in {', '.join(str(c) for c in candidates)}); "
@@ -94,6 +95,11 @@ def _recipe_text(run: dict[str, Any]) -> str:
     return ", ".join(parts) + f", {_amount_trained(run)}"
 
 
+def _train_n(run: dict[str, Any]) -> int | None:
+    """Training-set size: from metrics.json, or from config.json for runs made before it was recorded there."""
+    return run["metrics"].get("train_n") or run["config"].get("dataset", {}).get("train_n")
+
+
 def _amount_trained(run: dict[str, Any]) -> str:
     """How much training a run did: whole epochs, or shortened epochs as steps and epoch equivalents."""
     train, metrics = run["config"]["train"], run["metrics"]
@@ -101,7 +107,7 @@ def _amount_trained(run: dict[str, Any]) -> str:
     steps = train.get("max_steps_per_epoch")
     if not steps:
         return f"{epochs} epoch{'s' if epochs != 1 else ''}"
-    train_n = metrics.get("train_n") or run["config"].get("dataset", {}).get("train_n")
+    train_n = _train_n(run)
     equivalent = f" ≈ {epochs * steps * train['batch_size'] / train_n:.2f} epochs" if train_n else ""
     return f"{epochs} × {steps} steps{equivalent}"
 
@@ -262,22 +268,20 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
                          "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
                          "mflops": flops / 1e6 if flops else None, "train_time_s": m["train_time_s"],
                          "images_per_s": _throughput(run), "epochs_done": epochs_done,
-                         "time_budget_s": m.get("time_budget_s"), "train_n": m.get("train_n")})
+                         "time_budget_s": m.get("time_budget_s")})
         rows.sort(key=lambda r: -r["accuracy"])
         md += [f"### {dataset}", "",
                "| model | family | test accuracy | test images | parameters | MFLOPs / image | training | "
                "train images/s | run |",
                "|---|---|---:|---:|---:|---:|---|---:|---|"]
         for r in rows:
+            mflops = f"{r['mflops']:.1f}" if r["mflops"] is not None else "–"
             md.append(f"| {r['model']} | {r['family']} | {r['accuracy']:.2f} % | {r['n']:,} | {r['params']:,} | "
-                      f"{r['mflops']:.1f} | {r['epochs_done']}, {_fmt_time(r['train_time_s'])} | "
-                      f"{r['images_per_s'] or 0:,.0f} | `{r['run']}` |" if r["mflops"] is not None else
-                      f"| {r['model']} | {r['family']} | {r['accuracy']:.2f} % | {r['n']:,} | {r['params']:,} | – | "
-                      f"{r['epochs_done']}, {_fmt_time(r['train_time_s'])} | {r['images_per_s'] or 0:,.0f} | "
-                      f"`{r['run']}` |")
+                      f"{mflops} | {r['epochs_done']}, {_fmt_time(r['train_time_s'])} | "
+                      f"{r['images_per_s'] or 0:,.0f} | `{r['run']}` |")
         md += ["", "Recipes and commands:", ""]
         for run in group:
-            train_n = run["metrics"].get("train_n") or run["config"].get("dataset", {}).get("train_n")
+            train_n = _train_n(run)
             size = f"{train_n:,}" if isinstance(train_n, int) else "?"
             md.append(f"- `{run['name']}`: {_recipe_text(run)}; trained on {size} images. "
                       f"Command: `{run['metrics'].get('command', '?')}`")

@@ -74,7 +74,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 98.5 %+ on MNIST within 15 minutes on a 2-core CPU (README: "How the recipe was tuned").
     "vit_mnist": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
                   "augment": "digits"},
-    # The walkthrough's tiny model (hidden size 8): its step size, and 15 epochs (about 3.5 minutes on a
+    # The walkthrough's tiny model (hidden size 8): its step size, and 15 epochs (about 3 minutes on a
     # 2-core CPU) instead of 5: 93.5 % test accuracy vs 81.9 % after 5 epochs (README, "Results").
     "vit_seed": {"epochs": 15, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.0, "warmup_epochs": 0.5},
     # Small-data ViT recipe for CIFAR-sized inputs (GPU-sized: 200 epochs).
