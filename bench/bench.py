@@ -5,7 +5,7 @@
 
 For each preset it measures, in one process on the same machine:
   * training throughput: images/s of forward + backward + AdamW step (batch 128, fp32 on CPU,
-    bf16 autocast on CUDA, as vitlab.train does);
+    bf16 autocast on CUDA: vitlab.train.train_step, as training uses);
   * inference throughput: images/s of a no-grad forward (batch 512);
   * parameters and FLOPs per image (torch.utils.flop_counter, forward pass; 1 multiply-add = 2 FLOPs);
 and then the data-loading throughput of vitlab's in-memory BatchLoader vs torchvision's
@@ -23,15 +23,14 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitlab
 from vitlab.model import PRESETS, ViTConfig
+from vitlab.train import TrainConfig, autocast_context, train_step
 
 
 def timm_twin(config: ViTConfig) -> torch.nn.Module:
@@ -52,27 +51,23 @@ def flops_per_image(model: torch.nn.Module, config: ViTConfig, device: torch.dev
     return counter.get_total_flops()
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+#: The bench measures the bare step: no label smoothing, no gradient clipping (timm's models get the same).
+BENCH_RECIPE = TrainConfig(grad_clip=None)
+
+
 def train_window(model, optimizer, images, labels, steps: int, device: torch.device) -> float:
-    """Images/s over ``steps`` training steps."""
+    """Images/s over ``steps`` training steps (vitlab.train.train_step, for vitlab and timm alike)."""
     model.train()
+    autocast = autocast_context(device)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        with _autocast(device):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, images, labels, optimizer, BENCH_RECIPE, autocast)
     _sync(device)
     return steps * len(images) / (time.perf_counter() - start)
 
@@ -83,7 +78,7 @@ def infer_window(model, images, steps: int, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        with _autocast(device):
+        with autocast_context(device):
             model(images)
     _sync(device)
     return steps * len(images) / (time.perf_counter() - start)
@@ -130,7 +125,7 @@ def bench_data(device: torch.device) -> dict:
 
     train = load_dataset("mnist", "train+val")
     start = time.perf_counter()
-    for images, labels in BatchLoader(train, 128, shuffle=True, device=device):
+    for _batch in BatchLoader(train, 128, shuffle=True, device=device):
         pass
     _sync(device)
     fast = len(train) / (time.perf_counter() - start)
@@ -138,7 +133,7 @@ def bench_data(device: torch.device) -> dict:
         [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
     n = 10000
     start = time.perf_counter()
-    for images, labels in DataLoader(Subset(classic, range(n)), batch_size=128, shuffle=True):
+    for _batch in DataLoader(Subset(classic, range(n)), batch_size=128, shuffle=True):
         pass
     slow = n / (time.perf_counter() - start)
     return {"vitlab_batchloader_images_per_s": fast, "torchvision_dataloader_images_per_s": slow}
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-timm", action="store_true", help="skip the timm comparison")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    device = vitlab.device(args.device)
+    device = vitlab.pick_device(args.device)
     with_timm = not args.no_timm
     if with_timm:
         try:
@@ -184,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print("data loading: skipped, MNIST not found (set VITLAB_DATA to the folder that holds it)")
         data = {}
     if data:
-        print(f"data loading (MNIST, batch 128): vitlab BatchLoader {data['vitlab_batchloader_images_per_s']:,.0f} images/s, "
+        print("data loading (MNIST, batch 128): "
+              f"vitlab BatchLoader {data['vitlab_batchloader_images_per_s']:,.0f} images/s, "
               f"torchvision DataLoader + PIL {data['torchvision_dataloader_images_per_s']:,.0f} images/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "data": data, "device": str(device),

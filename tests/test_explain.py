@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from vitlab.checkpoint import load_model, shipped_run
-from vitlab.explain import (attention_maps, attention_rollout, class_token_attention, grad_cam, normalize_maps,
-                            rollout_matrix, upsample)
+from vitlab.explain import (
+    attention_maps,
+    attention_rollout,
+    class_token_attention,
+    grad_cam,
+    normalize_maps,
+    rollout_matrix,
+    upsample,
+)
 from vitlab.model import create_model
 
 

@@ -1,11 +1,11 @@
-import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import vitlab
-from vitlab.model import PRESETS, ViT, ViTConfig, count_parameters, create_model, preset_config
+from vitlab.model import PRESETS, ViT, ViTConfig, count_parameters, create_model
+from vitlab.registry import model_config
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -43,7 +43,7 @@ def test_logits_not_probabilities():
 
 
 def test_config_round_trip_and_validation():
-    config = preset_config("vit_cifar", num_classes=100)
+    config = model_config("vit_cifar", num_classes=100)
     assert ViTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown ViTConfig field"):
         ViTConfig.from_dict({**config.to_dict(), "layers": 3})
@@ -73,7 +73,7 @@ def test_seed_fixes_initialization():
 
 def test_mean_pooling_and_positional_kinds():
     for positional in ("sinusoidal", "learned", "none"):
-        model = ViT(preset_config("vit_seed", positional=positional, pool="mean"))
+        model = ViT(model_config("vit_seed", positional=positional, pool="mean"))
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -86,8 +86,8 @@ def test_parameter_count_is_what_the_layers_hold():
 
 
 def test_device_choice():
-    assert vitlab.device().type in ("cpu", "cuda", "mps")
-    assert vitlab.device("cpu") == torch.device("cpu")
+    assert vitlab.pick_device().type in ("cpu", "cuda", "mps")
+    assert vitlab.pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
-            vitlab.device("cuda")
+            vitlab.pick_device("cuda")

@@ -4,8 +4,12 @@ import pytest
 import torch
 
 from vitlab.encoder import EncoderBlock
-from vitlab.positional import (LearnedPositionalEncoding, SinusoidalPositionalEncoding, make_positional_encoding,
-                               sinusoidal_positions)
+from vitlab.positional import (
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+    make_positional_encoding,
+    sinusoidal_positions,
+)
 from vitlab.tokens import ClassToken
 
 

@@ -8,7 +8,8 @@ import torch
 from vitlab.checkpoint import load_model, shipped_run
 from vitlab.data import load_dataset
 from vitlab.model import PRESETS, ViTConfig, count_parameters
-from vitlab.train import evaluate, read_history_csv
+from vitlab.runs import Run
+from vitlab.train import evaluate
 
 
 def test_shipped_run_is_complete_and_small():
@@ -20,7 +21,7 @@ def test_shipped_run_is_complete_and_small():
     config = json.loads((run / "config.json").read_text())
     assert ViTConfig.from_dict(config["model"]["config"]) == PRESETS["vit_mnist"]
     metrics = json.loads((run / "metrics.json").read_text())
-    history = read_history_csv(run / "history.csv")
+    history = Run(run).history()
     assert metrics["epochs"] == len(history) == config["train"]["epochs"]
     assert metrics["params"] == count_parameters(load_model(run))
     assert metrics["test_n"] == 10000 and metrics["test_accuracy"] >= 0.985
@@ -45,6 +46,9 @@ def test_shipped_cifar_weights_reproduce_their_test_accuracy():
     run = shipped_run("cifar10-vit_cifar_small")
     assert (run / "model.safetensors").stat().st_size < 5 * 1024 * 1024
     metrics = json.loads((run / "metrics.json").read_text())
-    result = evaluate(load_model(run), load_dataset("cifar10", "test"), batch_size=500)
+    # Recorded on the 12,000-image PNG subset, which its config.json names (cifar10-subset).
+    test_set = Run(run).dataset("test")
+    assert test_set.name == "cifar10-subset"
+    result = evaluate(load_model(run), test_set, batch_size=500)
     assert result["n"] == metrics["test_n"]
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])

@@ -43,7 +43,8 @@ def refresh(path: Path) -> nbformat.NotebookNode:
 
     nb = nbformat.read(path, as_version=4)
     os.environ["VITLAB_QUICK"] = "1"
-    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    resources = {"metadata": {"path": str(path.parent)}}
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources=resources).execute()
     return strip(nb)
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["scaled_dot_product_attention", "MultiHeadSelfAttention"]
+__all__ = ["scaled_dot_product_attention", "MultiHeadSelfAttention", "check_heads"]
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -33,6 +32,12 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tenso
     return weights @ v, weights
 
 
+def check_heads(dim: int, heads: int) -> None:
+    """Raise ``ValueError`` unless ``dim`` splits evenly into ``heads`` heads (each head gets ``dim / heads``)."""
+    if heads <= 0 or dim % heads != 0:
+        raise ValueError(f"hidden size {dim} is not divisible by the number of heads {heads}")
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention with a fused query/key/value projection.
 
@@ -43,8 +48,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True, attn_dropout: float = 0.0,
                  proj_dropout: float = 0.0) -> None:
         super().__init__()
-        if dim % heads != 0:
-            raise ValueError(f"hidden size {dim} is not divisible by the number of heads {heads}")
+        check_heads(dim, heads)
         self.dim = dim
         self.heads = heads
         self.head_dim = dim // heads

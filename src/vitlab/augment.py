@@ -1,15 +1,15 @@
 """Data augmentation on whole batches of tensors (no per-image PIL work).
 
-Each function takes a normalized float batch ``(N, C, H, W)`` and returns one of
-the same shape, drawing an independent random transform for every image from
-PyTorch's global RNG (so ``seed`` fixes it). They run on whatever device the
-batch is on.
+Each function takes a batch ``(N, C, H, W)`` and returns one of the same shape,
+drawing an independent random transform for every image from PyTorch's global RNG
+(so ``seed`` fixes it). They run on whatever device the batch is on. A named policy
+(:data:`AUGMENTATIONS`) is a :class:`Pipeline`: a uint8 stage, normalization, a float stage.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,17 +79,39 @@ def trivial_augment(images: Tensor, group: int = 1) -> Tensor:
 
 
 class Pipeline:
-    """An augmentation in two stages: ``before`` on the uint8 batch (photometric operations that
-    need the 0-255 range), ``after`` on the normalized float batch. Either may be ``None``."""
+    """An augmentation in two stages: ``before`` on the uint8 batch (operations that need the 0-255
+    range, e.g. TrivialAugment), then normalization, then ``after`` on the normalized float batch.
+    Either stage may be ``None``.
+
+    ``pipeline(uint8_images, mean, std)`` runs all three steps: ``(N, C, H, W) uint8 -> (N, C, H, W)
+    float32``. ``pipeline(float_images)`` runs ``after`` alone, and is refused when there is a uint8
+    stage, which would otherwise be skipped without a word.
+    """
 
     def __init__(self, before: Callable[[Tensor], Tensor] | None = None,
                  after: Callable[[Tensor], Tensor] | None = None) -> None:
         self.before = before
         self.after = after
 
-    def __call__(self, images: Tensor) -> Tensor:
-        """Apply ``after`` only (for a batch that is already normalized)."""
+    def __call__(self, images: Tensor, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> Tensor:
+        if images.dtype == torch.uint8:
+            if mean is None or std is None:
+                raise ValueError("a uint8 batch needs the dataset's mean and std: pipeline(images, mean, std)")
+            from .data import normalize
+
+            if self.before is not None:
+                images = self.before(images)
+            images = normalize(images, mean, std)
+        elif self.before is not None:
+            raise ValueError("this augmentation starts with a uint8 stage (e.g. TrivialAugment): pass the uint8 "
+                             "batch with the dataset's mean and std, pipeline(images, mean, std)")
         return self.after(images) if self.after is not None else images
+
+    def __repr__(self) -> str:
+        name = lambda f: getattr(f, "__name__", type(f).__name__)  # noqa: E731
+        return f"Pipeline(before={name(self.before) if self.before else None}, " \
+               f"after={name(self.after) if self.after else None})"
 
 
 def _digits(images: Tensor) -> Tensor:
@@ -100,17 +122,21 @@ def _cifar(images: Tensor) -> Tensor:
     return random_hflip(random_crop(images, padding=4))
 
 
-AUGMENTATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
+def _crop(images: Tensor) -> Tensor:
+    return random_crop(images, padding=2)
+
+
+AUGMENTATIONS: dict[str, Pipeline | None] = {
     "none": None,
-    "digits": _digits,        # small rotations, shifts and zooms: digits must not be flipped
-    "crop": lambda x: random_crop(x, padding=2),
-    "cifar": _cifar,          # the standard CIFAR recipe: pad-4 random crop + horizontal flip
+    "digits": Pipeline(after=_digits),   # small rotations, shifts and zooms: digits must not be flipped
+    "crop": Pipeline(after=_crop),
+    "cifar": Pipeline(after=_cifar),     # the standard CIFAR recipe: pad-4 random crop + horizontal flip
     # What small-data ViTs need on top: TrivialAugment, then crop + flip.
     "cifar-strong": Pipeline(before=trivial_augment, after=_cifar),
 }
 
 
-def get_augmentation(name: str) -> Callable[[Tensor], Tensor] | None:
+def get_augmentation(name: str) -> Pipeline | None:
     """Look an augmentation policy up by name (``none``, ``digits``, ``crop``, ``cifar``, ``cifar-strong``)."""
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")

@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "atomic_write", "save_json", "save_weights", "load_weights", "save_state",
-           "load_state", "build_model", "load_model", "model_spec", "shipped_run", "repository_run",
-           "repository_candidates"]
+           "load_state", "load_model", "unwrap", "shipped_run", "repository_run", "repository_candidates"]
 
 
 class CheckpointError(RuntimeError):
@@ -125,47 +125,11 @@ def load_state(path: str | os.PathLike[str], map_location: str | torch.device = 
                               f"{' '.join(str(error).split())[:300]}") from None
 
 
-def model_spec(name: str, model: nn.Module) -> dict[str, Any]:
-    """The ``model`` entry of ``config.json``: the preset name, the family, and every constructor field."""
-    model = unwrap(model)
-    config = getattr(model, "config", None)
-    fields = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-    return {"name": name, "family": getattr(model, "family", "vit"), "config": fields}
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its ``config.json`` entry (see :func:`model_spec`)."""
-    from .model import ViT, ViTConfig
-
-    try:
-        family, fields = spec["family"], spec["config"]
-    except (KeyError, TypeError):
-        raise CheckpointError(f"config.json has no usable 'model' entry (need 'family' and 'config'): {spec!r}") from None
-    if family == "vit":
-        try:
-            return ViT(ViTConfig.from_dict(fields))
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"config.json describes an invalid ViT: {error}") from None
-    try:
-        from .cnn import build_cnn
-    except ImportError:
-        raise CheckpointError(f"unknown model family {family!r} in config.json") from None
-    return build_cnn(family, fields)
-
-
 def load_model(run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model saved in a run folder (``config.json`` + ``model.safetensors``), in eval mode."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path} does not exist: is {run_dir} a vitlab run folder?")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_path} is not valid JSON: {error}") from None
-    model = build_model(config.get("model", {}))
-    load_weights(model, run_dir / "model.safetensors")
-    return model.to(map_location).eval()
+    """The trained model of a run folder, in eval mode: shorthand for ``vitlab.runs.Run(run_dir).model()``."""
+    from .runs import Run
+
+    return Run(run_dir).model(map_location)
 
 
 def shipped_run(name: str = "vit_mnist") -> Path:

@@ -10,41 +10,30 @@ Shapes: every model maps ``(N, C, H, W) -> (N, num_classes)`` logits.
 
 from __future__ import annotations
 
-import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["CNNConfig", "CNN_ARCHITECTURES", "SimpleCNN", "CNNClassifier", "build_cnn", "create_cnn"]
+from .configs import Config
+from .patches import check_image_batch
+from .registry import register_model
 
-CNN_ARCHITECTURES = ("resnet18", "vgg11", "simple_cnn")
+__all__ = ["CNNConfig", "CNN_ARCHITECTURES", "SimpleCNN", "CNNClassifier"]
+
+Architecture = Literal["resnet18", "vgg11", "simple_cnn"]
+CNN_ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
 
 
 @dataclass
-class CNNConfig:
-    """Rebuilds a CNN baseline; saved in ``config.json``."""
+class CNNConfig(Config):
+    """Rebuilds a CNN baseline; saved in ``config.json``. ``arch`` must be one of :data:`CNN_ARCHITECTURES`."""
 
-    arch: str = "resnet18"
+    arch: Architecture = "resnet18"
     image_size: int = 28
     in_channels: int = 1
     num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        if self.arch not in CNN_ARCHITECTURES:
-            raise ValueError(f"unknown CNN {self.arch!r}; available: {', '.join(CNN_ARCHITECTURES)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CNNConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CNNConfig field(s) {unknown}")
-        return cls(**values)
 
 
 class SimpleCNN(nn.Module):
@@ -67,17 +56,17 @@ class SimpleCNN(nn.Module):
         return self.head(self.features(images))
 
 
-def _resnet18(in_channels: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def _resnet18(in_channels: int, num_classes: int) -> tuple[nn.Module, str]:
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, num_classes=num_classes)
     # Small images: 3x3 stride-1 stem and no max-pool, so 28/32 px keep enough resolution.
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    return net, net.layer4
+    return net, "layer4"
 
 
-def _vgg11(in_channels: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def _vgg11(in_channels: int, num_classes: int) -> tuple[nn.Module, str]:
     from torchvision.models import vgg11_bn
 
     net = vgg11_bn(weights=None)
@@ -86,41 +75,45 @@ def _vgg11(in_channels: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
     net.features = nn.Sequential(*list(net.features.children())[:-1])
     net.avgpool = nn.AdaptiveAvgPool2d(1)
     net.classifier = nn.Linear(512, num_classes)
-    return net, net.features[-1]
+    return net, f"features.{len(net.features) - 1}"
 
 
 class CNNClassifier(nn.Module):
-    """A CNN baseline with the interface the rest of vitlab expects (config, family, Grad-CAM layer)."""
+    """A CNN baseline with the interface every registered vitlab model has (see :mod:`vitlab.registry`)."""
 
     family = "cnn"
+    config_class = CNNConfig
+    has_attention_maps = False
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
         self.config = config
         if config.arch == "resnet18":
-            self.net, gradcam_layer = _resnet18(config.in_channels, config.num_classes)
+            self.net, gradcam_path = _resnet18(config.in_channels, config.num_classes)
         elif config.arch == "vgg11":
-            self.net, gradcam_layer = _vgg11(config.in_channels, config.num_classes)
+            self.net, gradcam_path = _vgg11(config.in_channels, config.num_classes)
         else:
             self.net = SimpleCNN(config.in_channels, config.num_classes)
-            gradcam_layer = self.net.features[-1]
-        # A plain attribute, not a registered submodule: it is already inside self.net.
-        object.__setattr__(self, "gradcam_layer", gradcam_layer)
+            gradcam_path = f"features.{len(self.net.features) - 1}"
+        self._gradcam_path = "net." + gradcam_path  # a name, not a second reference to a submodule
+
+    def no_weight_decay(self) -> set[str]:
+        """Nothing beyond biases and norm weights (which the optimizer always excludes)."""
+        return set()
+
+    def gradcam_layer(self, layer: int = -1) -> nn.Module:
+        """Grad-CAM's layer: the last convolutional stage (``layer`` is for ViTs and ignored here)."""
+        return self.get_submodule(self._gradcam_path)
 
     def forward(self, images: Tensor) -> Tensor:
         """``(N, C, H, W) -> (N, classes)``."""
-        if images.dim() != 4 or images.shape[1] != self.config.in_channels:
-            raise ValueError(f"{self.config.arch} expects (N, {self.config.in_channels}, H, W) images, "
-                             f"got shape {tuple(images.shape)}")
+        check_image_batch(images, self.config.in_channels)
         return self.net(images)
 
 
-def create_cnn(arch: str, image_size: int = 28, in_channels: int = 1, num_classes: int = 10) -> CNNClassifier:
-    return CNNClassifier(CNNConfig(arch, image_size, in_channels, num_classes))
-
-
-def build_cnn(family: str, fields: dict[str, Any]) -> nn.Module:
-    """Rebuild from ``config.json`` (used by :func:`vitlab.checkpoint.build_model`)."""
-    if family != "cnn":
-        raise ValueError(f"unknown model family {family!r}")
-    return CNNClassifier(CNNConfig.from_dict(fields))
+register_model("resnet18", CNNClassifier, CNNConfig(arch="resnet18"),
+               description="ResNet-18 baseline (3x3 stem, no max-pool; torchvision)")
+register_model("vgg11", CNNClassifier, CNNConfig(arch="vgg11"),
+               description="VGG-11-BN baseline (global pooling, linear head; torchvision)")
+register_model("simple_cnn", CNNClassifier, CNNConfig(arch="simple_cnn"),
+               description="small plain CNN (three conv layers)")

@@ -7,7 +7,6 @@ each sub-layer (pre-norm) keeps training stable without a careful warmup.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .attention import MultiHeadSelfAttention

@@ -26,14 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import unwrap
+
 __all__ = ["attention_maps", "rollout_matrix", "attention_rollout", "class_token_attention", "grad_cam",
-           "default_gradcam_layer", "upsample", "normalize_maps"]
+           "default_gradcam_layer", "explanations", "upsample", "normalize_maps", "METHODS"]
 
 HeadFusion = Literal["mean", "max", "min"]
 
 
-def _is_vit(model: nn.Module) -> bool:
-    return hasattr(model, "blocks") and hasattr(model, "patch_embed")
+def _has_attention_maps(model: nn.Module) -> bool:
+    """Whether the model's class declares ``has_attention_maps`` (see :mod:`vitlab.registry`)."""
+    return bool(getattr(type(unwrap(model)), "has_attention_maps", False))
 
 
 @torch.no_grad()
@@ -118,18 +121,16 @@ def class_token_attention(maps: Tensor, layer: int = -1, head: int | None = None
 
 
 def default_gradcam_layer(model: nn.Module, layer: int = -1) -> nn.Module:
-    """The module whose output Grad-CAM uses by default.
+    """The module whose output Grad-CAM uses by default: the model's ``gradcam_layer(layer)``.
 
     ViT: ``blocks[layer].norm1``, the normalized tokens entering that block's attention. (The
     output of the *last* block is useless: the head reads only the class token there, so the
-    patch tokens get zero gradient.) CNN: the model's ``gradcam_layer`` (its last conv stage).
+    patch tokens get zero gradient.) CNN: its last convolutional stage.
     """
-    if _is_vit(model):
-        return model.blocks[layer].norm1
-    target = getattr(model, "gradcam_layer", None)
+    target = getattr(unwrap(model), "gradcam_layer", None)
     if target is None:
         raise ValueError(f"{type(model).__name__} has no default Grad-CAM layer: pass layer=<module>")
-    return target
+    return target(layer)
 
 
 def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = None,
@@ -175,6 +176,35 @@ def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = Non
         gradients = gradients.transpose(1, 2).reshape(len(images), -1, grid, grid)
     weights = gradients.mean(dim=(2, 3), keepdim=True)            # (N, channels, 1, 1)
     return F.relu((weights * activations).sum(dim=1))             # (N, g, g)
+
+
+METHODS = ("rollout", "attention", "gradcam")
+
+
+def explanations(model: nn.Module, images: Tensor, methods: list[str] | tuple[str, ...] = ("rollout",),
+                 layer: int = -1, head: int | None = None, discard_ratio: float = 0.0) -> dict[str, Tensor]:
+    """Maps by several methods at once, titled for a figure (see :func:`vitlab.plots.plot_explanations`).
+
+    ``methods``: any of ``rollout``, ``attention`` (one layer's class-token attention; ``head`` or the
+    head mean) and ``gradcam`` (``layer``: the ViT block, ignored for CNNs). Shapes: ``(N, C, H, W)``
+    -> ``{title: (N, g, g)}``. Methods that need attention weights are refused for models without them.
+    """
+    maps: dict[str, Tensor] = {}
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
+        if method in ("rollout", "attention") and not _has_attention_maps(model):
+            raise ValueError(f"method {method} needs attention weights, which {type(unwrap(model)).__name__} "
+                             "does not have; use gradcam")
+        if method == "rollout":
+            maps["attention rollout"] = attention_rollout(attention_maps(model, images), discard_ratio=discard_ratio)
+        elif method == "attention":
+            which = "mean of heads" if head is None else f"head {head}"
+            maps[f"attention, layer {layer}, {which}"] = class_token_attention(attention_maps(model, images), layer,
+                                                                               head)
+        else:
+            maps["Grad-CAM"] = grad_cam(model, images, layer=layer)
+    return maps
 
 
 def normalize_maps(maps: Tensor) -> Tensor:

@@ -11,10 +11,9 @@ this version, and the tests prove the two agree.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["patchify", "unpatchify", "num_patches", "check_patch_size", "PatchEmbedding"]
+__all__ = ["patchify", "unpatchify", "num_patches", "check_patch_size", "check_image_batch", "PatchEmbedding"]
 
 
 def check_patch_size(image_size: int | tuple[int, int], patch_size: int) -> tuple[int, int]:
@@ -34,6 +33,30 @@ def check_patch_size(image_size: int | tuple[int, int], patch_size: int) -> tupl
                 f"({', '.join(str(d) for d in range(1, side + 1) if side % d == 0)})"
             )
     return height // patch_size, width // patch_size
+
+
+def check_image_batch(images: Tensor, in_channels: int, image_size: tuple[int, int] | None = None) -> None:
+    """Check a model's input batch ``(N, C, H, W)``: float (normalized), ``in_channels`` channels and,
+    when given, ``image_size``. Every vitlab model calls this first, so bad input gets one clear
+    ``ValueError`` instead of a failure deep inside a matmul."""
+    if images.dim() != 4:
+        raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"model got {images.dtype} images; it expects normalized float images: use "
+            "dataset.normalized(indices), or vitlab.data.normalize(images, mean, std) for a uint8 batch"
+        )
+    if images.shape[1] != in_channels:
+        raise ValueError(
+            f"model expects {in_channels}-channel images but got {images.shape[1]} channels "
+            f"(input shape {tuple(images.shape)}); convert the images or build the model with "
+            f"in_channels={images.shape[1]}"
+        )
+    if image_size is not None and tuple(images.shape[-2:]) != tuple(image_size):
+        raise ValueError(
+            f"model expects {image_size[0]}x{image_size[1]} images but got "
+            f"{images.shape[-2]}x{images.shape[-1]}; resize the images or build the model for that size"
+        )
 
 
 def num_patches(image_size: int | tuple[int, int], patch_size: int) -> int:
@@ -96,18 +119,6 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Linear(in_channels * patch_size * patch_size, dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N, P, dim)``; raises ``ValueError`` on a wrong channel count or image size."""
-        if images.dim() != 4:
-            raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(images.shape)}")
-        if images.shape[1] != self.in_channels:
-            raise ValueError(
-                f"model expects {self.in_channels}-channel images but got {images.shape[1]} channels "
-                f"(input shape {tuple(images.shape)}); convert the images or build the model with "
-                f"in_channels={images.shape[1]}"
-            )
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(
-                f"model expects {self.image_size[0]}x{self.image_size[1]} images but got "
-                f"{images.shape[-2]}x{images.shape[-1]}; resize the images or build the model for that size"
-            )
+        """``(N, C, H, W) -> (N, P, dim)``; raises ``ValueError`` on a wrong dtype, channel count or image size."""
+        check_image_batch(images, self.in_channels, self.image_size)
         return self.proj(patchify(images, self.patch_size))

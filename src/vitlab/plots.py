@@ -6,9 +6,8 @@ so notebooks display it and scripts save it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import matplotlib
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -139,16 +138,16 @@ def overlay(image: Tensor, heatmap: Tensor, ax: Any = None, alpha: float = 0.5, 
 
     Returns the axes. The heat map is min-max scaled to [0, 1] so maps of different methods compare.
     """
-    import torch.nn.functional as F
+    from .explain import normalize_maps, upsample
 
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     picture = to_display(image, mean, std)
     height, width = picture.shape[:2]
-    heat = heatmap.detach().float().cpu()
-    if tuple(heat.shape) != (height, width):
-        heat = F.interpolate(heat[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-7)
+    heat = heatmap.detach().float().cpu()[None]
+    if tuple(heat.shape[1:]) != (height, width):
+        heat = upsample(heat, (height, width))
+    heat = normalize_maps(heat)[0]
     ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     ax.axis("off")

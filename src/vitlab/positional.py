@@ -9,6 +9,7 @@ et al. (2017) and a learned table (as in ViT, Dosovitskiy et al. 2021).
 from __future__ import annotations
 
 import math
+import typing
 from typing import Literal
 
 import torch
@@ -75,4 +76,4 @@ def make_positional_encoding(kind: PositionalKind, num_tokens: int, dim: int) ->
         return LearnedPositionalEncoding(num_tokens, dim)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown positional encoding {kind!r}: choose 'sinusoidal', 'learned' or 'none'")
+    raise ValueError(f"unknown positional encoding {kind!r}: choose one of {typing.get_args(PositionalKind)}")

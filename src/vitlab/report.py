@@ -10,31 +10,26 @@ comparisons, and conclusions computed from the numbers (never typed in by hand).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["load_runs", "recorded_runs", "build_report"]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Read run folders. Each entry: name, path, config, metrics, history."""
-    from .train import read_history_csv
+    """Read finished run folders (through :class:`vitlab.runs.Run`). Each entry: name, path, config,
+    metrics, history."""
+    from .runs import Run, RunError
 
     runs = []
     for path in paths:
-        path = Path(path)
-        metrics_path, config_path = path / "metrics.json", path / "config.json"
-        if not metrics_path.is_file() or not config_path.is_file():
-            raise FileNotFoundError(f"{path} is not a finished run folder (needs config.json and metrics.json)")
-        history_path = path / "history.csv"
-        runs.append({
-            "name": path.name, "path": path,
-            "config": json.loads(config_path.read_text()),
-            "metrics": json.loads(metrics_path.read_text()),
-            "history": read_history_csv(history_path) if history_path.is_file() else [],
-        })
+        run = Run(path)
+        if not run.exists() or not run.is_finished():
+            raise RunError(f"{run.path} is not a finished run folder (needs config.json and metrics.json)")
+        runs.append({"name": run.name, "path": run.path, "config": run.config(), "metrics": run.metrics(),
+                     "history": run.history(missing_ok=True)})
     return runs
 
 
@@ -67,22 +62,22 @@ def _throughput(run: dict[str, Any]) -> float | None:
     return sorted(values)[len(values) // 2] if values else None
 
 
-def _flops(run: dict[str, Any]) -> float | None:
-    """Forward FLOPs per image, counted on the rebuilt architecture (no weights needed)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def _mflops(run: dict[str, Any]) -> float | None:
+    """Forward MFLOPs per image, as counted at training time (``metrics.json``'s ``flops``)."""
+    flops = run["metrics"].get("flops")
+    return flops / 1e6 if flops else None
 
-    from .checkpoint import build_model
 
-    try:
-        model = build_model(run["config"]["model"]).eval()
-    except Exception:
-        return None
-    fields = run["config"]["model"]["config"]
-    images = torch.zeros(1, fields.get("in_channels", 1), fields.get("image_size", 28), fields.get("image_size", 28))
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(images)
-    return counter.get_total_flops()
+def _cifar_note(runs: list[dict[str, Any]]) -> str:
+    """What the CIFAR-10 runs were trained on: the 12,000-image subset or the full set."""
+    sizes = {r["metrics"].get("test_n") for r in runs if r["metrics"].get("dataset", "").startswith("cifar10")}
+    if not sizes:
+        return ""
+    if sizes == {10_000}:
+        return " CIFAR-10 is the full set (50,000 training and 10,000 test images)."
+    return (" The CIFAR-10 runs with 2,000 test images used a subset (1,000 training and 200 test images per "
+            "class) decoded from JPEGs, not the official files, so their numbers are not comparable with "
+            "published CIFAR-10 results.")
 
 
 def _recipe_text(run: dict[str, Any]) -> str:
@@ -148,7 +143,8 @@ def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
 
     classes = list(runs[0]["metrics"]["per_class_accuracy"])
     models = [r["metrics"]["model"] for r in runs]
-    per_class = {(m if models.count(m) == 1 else f"{m} [{r['name']}]"): list(r["metrics"]["per_class_accuracy"].values())
+    per_class = {(m if models.count(m) == 1 else f"{m} [{r['name']}]"):
+                 list(r["metrics"]["per_class_accuracy"].values())
                  for m, r in zip(models, runs)}
     fig = plot_per_class(per_class, classes, title=f"{dataset}: test accuracy per class")
     name = f"figures/{slug}-per-class.png"
@@ -213,6 +209,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
 
 def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results") -> Path:
     """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders; returns the .md path."""
+    import html
     import platform
 
     import mistune
@@ -244,9 +241,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         f"- **Hardware:** {', '.join(devices)}; PyTorch {runs[0]['metrics'].get('torch', torch.__version__)}, "
         f"Python {runs[0]['metrics'].get('python', platform.python_version())}.",
         "- **Data:** the official test split for testing; a seeded 90/10 split of the training set for training "
-        "and validation (the validation set is used only to watch training). The CIFAR-10 copy used here is a "
-        "subset (1,000 training and 200 test images per class) decoded from JPEGs, not the official files, so "
-        "its numbers are not comparable with published CIFAR-10 results.",
+        "and validation (the validation set is used only to watch training)." + _cifar_note(runs),
         "- **Preprocessing:** pixels scaled to [0, 1] and standardized with the dataset's per-channel mean and "
         "standard deviation; augmentation on whole batches (`digits`: random rotation ±10°, shift ±10 %, zoom "
         "0.9–1.1; `cifar-strong`: TrivialAugmentWide, then pad-4 random crop and horizontal flip).",
@@ -262,11 +257,10 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         rows = []
         for run in group:
             m = run["metrics"]
-            flops = _flops(run)
             epochs_done = _amount_trained(run)
             rows.append({"run": f"{out.name}/runs/{run['name']}", "model": m["model"], "family": _family(run),
                          "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
-                         "mflops": flops / 1e6 if flops else None, "train_time_s": m["train_time_s"],
+                         "mflops": _mflops(run), "train_time_s": m["train_time_s"],
                          "images_per_s": _throughput(run), "epochs_done": epochs_done,
                          "time_budget_s": m.get("time_budget_s")})
         rows.sort(key=lambda r: -r["accuracy"])
@@ -297,7 +291,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
     (out / "REPORT.md").write_text(text)
     html_body = mistune.html(text)
     (out / "REPORT.html").write_text(
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>" + title + "</title>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;line-height:1.5}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
         "code{background:#f4f4f4}</style></head><body>" + html_body + "</body></html>\n")

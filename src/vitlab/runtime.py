@@ -8,10 +8,10 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["device", "seed_everything", "quick_mode"]
+__all__ = ["pick_device", "seed_everything", "quick_mode"]
 
 
-def device(prefer: str | None = None) -> torch.device:
+def pick_device(prefer: str | None = None) -> torch.device:
     """The best available device: CUDA, then Apple's MPS, then the CPU.
 
     ``prefer`` (e.g. ``"cpu"``, ``"cuda:1"``) overrides the choice; asking for a

@@ -1,9 +1,13 @@
-"""A small, readable training engine: one function, :func:`fit`, and :func:`evaluate`.
+"""A small, readable training engine, split as in torchvision's classification reference scripts:
 
-What it does, in order, each epoch: shuffle (seeded), forward, cross-entropy
-loss (optionally label-smoothed), backward, clip gradients, optimizer step,
-learning-rate step (linear warmup then cosine decay), then evaluate on the
-validation set, append a row to the history and write a checkpoint.
+* :func:`train_step`: forward, cross-entropy (optionally label-smoothed), backward, gradient
+  clipping, optimizer step, learning-rate step (linear warmup then cosine decay);
+* :func:`train_one_epoch`: a seeded shuffle of the training set, one :func:`train_step` per batch;
+* :func:`evaluate`: accuracy, loss, per-class accuracy and confusion matrix;
+* :func:`fit`: epochs of the two, with a checkpoint after each (resumable to the same result).
+
+:func:`autocast_context` is the one place that decides the precision, for training and evaluation.
+The recipe is a :class:`TrainConfig`; :func:`vitlab.runs.train_run` drives a whole experiment.
 
 It runs unchanged on CPU, on one GPU (bf16 autocast), and under
 ``torchrun --nproc_per_node=N`` (DistributedDataParallel: every process trains
@@ -13,15 +17,14 @@ files and shows progress).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as torch_dist
@@ -30,69 +33,84 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .augment import get_augmentation
-from .checkpoint import CheckpointError, load_state, save_state, save_weights, unwrap
+from .checkpoint import CheckpointError, unwrap
+from .configs import Config, ConfigError
 from .data import BatchLoader, ImageTensorDataset
-from .runtime import device as pick_device
-from .runtime import seed_everything
+from .runtime import pick_device, seed_everything
 
-__all__ = ["TrainConfig", "RECIPES", "recipe", "plan_for_time_budget", "DistContext", "fit", "evaluate", "make_optimizer", "warmup_cosine",
-           "write_history_csv", "read_history_csv"]
+if TYPE_CHECKING:
+    from .runs import Run
+
+__all__ = ["TrainConfig", "recipe", "DistContext", "autocast_context", "train_step", "train_one_epoch", "evaluate",
+           "fit", "plan_for_time_budget", "make_optimizer", "weight_decay_groups", "warmup_cosine"]
+
+
+Optimizer = Literal["adamw", "adam", "sgd"]
+
+
+def _help(text: str) -> dict[str, str]:
+    """Field metadata: the ``--flag`` help text the command line shows (defaults are added from the field)."""
+    return {"help": text}
 
 
 @dataclass
-class TrainConfig:
-    """The training recipe. Saved in ``config.json`` and checked on ``--resume``."""
+class TrainConfig(Config):
+    """The training recipe. Saved in ``config.json`` and checked on ``--resume``.
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"          # adamw | adam | sgd
-    momentum: float = 0.9             # SGD only
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = 1.0     # max gradient norm; None disables
-    augment: str = "none"             # see vitlab.augment.AUGMENTATIONS
-    seed: int = 0
-    eval_batch_size: int = 1000
-    amp: bool = True                  # bf16 autocast, on CUDA only
-    max_steps_per_epoch: int | None = None  # cut epochs short (tests, smoke runs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
-#: Tuned training recipes per model preset; ``vitlab train --model NAME`` starts from these and
-#: any flag given on the command line overrides a field.
-RECIPES: dict[str, dict[str, Any]] = {
-    # 98.5 %+ on MNIST within 15 minutes on a 2-core CPU (README: "How the recipe was tuned").
-    "vit_mnist": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
-                  "augment": "digits"},
-    # The walkthrough's tiny model (hidden size 8): its step size, and 15 epochs (about 3 minutes on a
-    # 2-core CPU) instead of 5: 93.5 % test accuracy vs 81.9 % after 5 epochs (README, "Results").
-    "vit_seed": {"epochs": 15, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.0, "warmup_epochs": 0.5},
-    # Small-data ViT recipe for CIFAR-sized inputs (GPU-sized: 200 epochs).
-    "vit_cifar": {"epochs": 200, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
-                  "label_smoothing": 0.1, "augment": "cifar-strong"},
-    # The same recipe, for CPU budgets (usually run with --time-budget).
-    "vit_cifar_small": {"epochs": 30, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
-                        "label_smoothing": 0.1, "augment": "cifar-strong"},
-}
-
-
-def recipe(model_name: str, **overrides: Any) -> TrainConfig:
-    """The tuned :class:`TrainConfig` for a preset (generic defaults otherwise), with fields replaced.
-
-    ``None`` overrides are ignored, so command-line flags left unset keep the recipe's value.
+    Each field becomes a ``vitlab train`` flag (``lr`` -> ``--lr``) with the help text in its metadata,
+    so the command line never repeats a default by hand.
     """
-    values = {**RECIPES.get(model_name, {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(**values)
+
+    epochs: int = field(default=10, metadata=_help("passes over the training set"))
+    batch_size: int = field(default=128, metadata=_help("images per optimizer step"))
+    lr: float = field(default=1e-3, metadata=_help("peak learning rate"))
+    min_lr: float = field(default=1e-5, metadata=_help("final learning rate of the cosine schedule"))
+    weight_decay: float = field(default=0.05, metadata=_help("decoupled weight decay (biases, norms, tokens "
+                                                             "and position tables excluded)"))
+    optimizer: Optimizer = field(default="adamw", metadata=_help("optimizer"))
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum (SGD only)"))
+    warmup_epochs: float = field(default=1.0, metadata=_help("linear warmup length, in epochs"))
+    label_smoothing: float = field(default=0.0, metadata=_help("label smoothing of the cross-entropy loss"))
+    grad_clip: float | None = field(default=1.0, metadata=_help("max gradient norm; 0 disables"))
+    augment: str = field(default="none", metadata=_help("batch augmentation (vitlab.augment.AUGMENTATIONS)"))
+    seed: int = field(default=0, metadata=_help("fixes initialization, data order and splits"))
+    eval_batch_size: int = field(default=1000, metadata=_help("images per evaluation batch"))
+    amp: bool = field(default=True, metadata=_help("bf16 autocast on CUDA (training and evaluation)"))
+    max_steps_per_epoch: int | None = field(default=None, metadata=_help("cut epochs short (smoke tests)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # optimizer: checked against its Literal type
+        from .augment import AUGMENTATIONS
+
+        if self.grad_clip == 0:  # --grad-clip 0 means "no clipping"
+            self.grad_clip = None
+
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"TrainConfig.{name} must be positive, got {value!r}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch <= 0:
+            raise ConfigError("TrainConfig.max_steps_per_epoch must be positive or None, "
+                              f"got {self.max_steps_per_epoch}")
+        if self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.momentum < 0:
+            raise ConfigError("TrainConfig.min_lr, weight_decay, warmup_epochs and momentum cannot be negative")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"TrainConfig.grad_clip must be positive, or None to disable, got {self.grad_clip}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {self.augment!r}; available: {', '.join(AUGMENTATIONS)}")
+
+
+def recipe(model_name: str | None = None, **overrides: Any) -> TrainConfig:
+    """The tuned :class:`TrainConfig` of a registered model (generic defaults for ``None`` or a model
+    without one), with fields replaced. ``None`` overrides are ignored, so command-line flags left
+    unset keep the recipe's value."""
+    from .registry import get_model
+
+    tuned = get_model(model_name).recipe if model_name is not None else {}
+    return TrainConfig.from_dict({**tuned, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass
@@ -112,7 +130,7 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device_type: str = "cpu") -> "DistContext":
+    def from_env(cls, device_type: str = "cpu") -> DistContext:
         """Read torchrun's variables and join the process group (gloo on CPU, nccl on CUDA)."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
@@ -127,6 +145,66 @@ class DistContext:
         return tensor
 
 
+def autocast_context(device: torch.device, amp: bool = True) -> AbstractContextManager[Any]:
+    """The precision context of every forward pass, in training and evaluation alike: bf16 autocast
+    on CUDA when ``amp`` is on, full fp32 everywhere else (bf16 attention's backward is slow on CPUs)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
+               config: TrainConfig, autocast: AbstractContextManager[Any] | None = None,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[Tensor, Tensor]:
+    """One optimizer step: forward, (label-smoothed) cross-entropy, backward, gradient clipping,
+    optimizer and scheduler step. ``images (B, C, H, W)``, ``labels (B,)`` -> ``(loss (), logits (B, classes))``,
+    both detached."""
+    with autocast if autocast is not None else nullcontext():
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach(), logits.detach()
+
+
+def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, steps: int | None = None,
+                    dist: DistContext | None = None, description: str = "train", progress: bool = False
+                    ) -> dict[str, float]:
+    """Train for one pass of ``loader`` (or its first ``steps`` batches).
+
+    Returns ``{"train_loss", "train_accuracy", "train_samples", "train_images_per_s"}``, summed over
+    every process under DDP. ``model`` may be the DDP wrapper; the loader's device is used.
+    """
+    dist = dist or DistContext()
+    device = loader.device
+    autocast = autocast_context(device, config.amp)
+    steps = len(loader) if steps is None else min(steps, len(loader))
+    model.train()
+    started = time.perf_counter()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    batches = tqdm(loader, total=steps, desc=description, leave=False, disable=not progress)
+    for step, (images, labels) in enumerate(batches):
+        if step >= steps:
+            break
+        loss, logits = train_step(model, images, labels, optimizer, config, autocast, scheduler)
+        totals += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double(),
+                               torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
+        if progress and step % 10 == 0:
+            batches.set_postfix(loss=f"{totals[0].item() / totals[2].item():.4f}",
+                                acc=f"{totals[1].item() / totals[2].item():.4f}")
+    batches.close()
+    dist.all_sum(totals)
+    elapsed = time.perf_counter() - started
+    return {"train_loss": totals[0].item() / totals[2].item(), "train_accuracy": totals[1].item() / totals[2].item(),
+            "train_images_per_s": totals[2].item() / elapsed, "train_samples": int(totals[2].item())}
+
+
 def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDataset | None,
                          config: TrainConfig, budget_s: float, device: torch.device | str | None = None,
                          probe_steps: int = 6, max_epochs: int | None = None) -> TrainConfig:
@@ -138,23 +216,21 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     """
     import copy
 
+    if not budget_s > 0:
+        raise ValueError(f"time budget must be positive, got {budget_s}")
     device = pick_device(None if device is None else str(device))
     probe = copy.deepcopy(model).to(device).train()
     optimizer = make_optimizer(probe, config)
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp else nullcontext()
+    autocast = autocast_context(device, config.amp)
     rng = torch.get_rng_state()
     timings = []
     started = time.perf_counter()
     for step, (images, labels) in enumerate(loader):  # timed from batch fetch (with augmentation) to step end
         if step == probe_steps + 2:
             break
-        with autocast:
-            loss = F.cross_entropy(probe(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(probe, images, labels, optimizer, config, autocast)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= 2:  # the first steps pay one-off allocation costs
@@ -167,9 +243,9 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     eval_s = 0.0
     if val_set is not None and len(val_set):
         sample = val_set.subset(torch.arange(min(len(val_set), 500)))
-        evaluate(probe, sample, config.eval_batch_size, device)  # warm-up: the first pass pays one-off costs
+        evaluate(probe, sample, config.eval_batch_size, device, amp=config.amp)  # warm-up: one-off costs
         started = time.perf_counter()
-        evaluate(probe, sample, config.eval_batch_size, device)
+        evaluate(probe, sample, config.eval_batch_size, device, amp=config.amp)
         eval_s = (time.perf_counter() - started) * len(val_set) / min(len(val_set), 500)
     steps_per_epoch = len(loader)
     fits = budget_s / (steps_per_epoch * step_s + eval_s)  # epochs that fit, fractional
@@ -198,36 +274,37 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD. Weight decay skips biases, norms, the class token and position table."""
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: decayed weights, and the rest (biases, norm weights, and the names in
+    the model's ``no_weight_decay()``, e.g. the class token and the learned position table)."""
+    excluded = set(unwrap(model).no_weight_decay()) if hasattr(unwrap(model), "no_weight_decay") else set()
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.dim() <= 1 or "token" in name or "pos_embed" in name
-        (no_decay if skip else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    name = config.optimizer.lower()
-    if name == "adamw":
+    for name, param in unwrap(model).named_parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() <= 1 or name in excluded else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD over :func:`weight_decay_groups`."""
+    groups = weight_decay_groups(model, config.weight_decay)
+    if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999))
-    if name == "adam":
-        # Adam's weight decay is L2 in the gradient, not decoupled: keep it off by default semantics.
+    if config.optimizer == "adam":
+        # Adam's weight decay is L2 in the gradient, not decoupled.
         return torch.optim.Adam(groups, lr=config.lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}: choose adamw, adam or sgd")
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 1000,
              device: torch.device | str | None = None, dist: DistContext | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, amp: bool = True) -> dict[str, Any]:
     """Accuracy, mean loss, per-class accuracy and confusion matrix of ``model`` on ``dataset``.
 
     Returns ``{"accuracy", "loss", "n", "per_class_accuracy" (list), "confusion" (classes x classes
     list, rows = true class, columns = predicted)}``. Under DDP each rank scores its shard and
-    the counts are summed.
+    the counts are summed. ``amp=False`` keeps a CUDA evaluation in fp32 (as ``--no-amp`` training).
     """
     dist = dist or DistContext()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -237,9 +314,8 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
     confusion = torch.zeros(classes, classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loader = BatchLoader(dataset, batch_size, device=device, rank=dist.rank, world_size=dist.world_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        with autocast:
+        with autocast_context(device, amp):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         predictions = logits.argmax(dim=1)
@@ -249,7 +325,7 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
         leftover = len(dataset) % dist.world_size
         if leftover and dist.is_main:
             tail = dataset.subset(torch.arange(len(dataset) - leftover, len(dataset)))
-            extra = evaluate(model, tail, batch_size, device)
+            extra = evaluate(model, tail, batch_size, device, amp=amp)
             confusion += torch.tensor(extra["confusion"], dtype=torch.float64, device=device)
             loss_sum += extra["loss"] * extra["n"]
         dist.all_sum(confusion)
@@ -266,27 +342,6 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
     }
 
 
-HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s",
-                  "train_images_per_s", "train_samples"]
-
-
-def write_history_csv(path: str | os.PathLike[str], history: list[dict[str, Any]]) -> None:
-    from .checkpoint import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-            writer.writeheader()
-            for row in history:
-                writer.writerow({k: row.get(k) for k in HISTORY_FIELDS})
-    atomic_write(path, write)
-
-
-def read_history_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-
-
 def _rng_state(device: torch.device) -> dict[str, Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -301,16 +356,20 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 
 def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDataset | None,
-        config: TrainConfig, out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+        config: TrainConfig, out_dir: str | os.PathLike[str] | Run | None = None, resume: bool = False,
         device: torch.device | str | None = None, progress: bool = True,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` on ``train_set``; return the per-epoch history (list of dicts).
 
-    With ``out_dir``, after every epoch: ``model.safetensors`` (weights), ``checkpoint.pt``
-    (optimizer, scheduler, RNG, history: what ``resume=True`` needs to continue to the same
-    result) and ``history.csv`` are written atomically. ``progress=False`` silences the bars.
+    Each epoch: :func:`train_one_epoch` (seeded shuffle, :func:`train_step` per batch, the warmup +
+    cosine schedule stepped per batch), then :func:`evaluate` on ``val_set``. With ``out_dir`` (a
+    folder or a :class:`vitlab.runs.Run`), after every epoch the run's weights, resumable state
+    (optimizer, scheduler, RNG, history: what ``resume=True`` needs to continue to the same result)
+    and ``history.csv`` are written atomically. ``progress=False`` silences the bars.
     ``on_epoch_end(row)`` is called after each epoch (after the checkpoint is written).
     """
+    from .runs import Run
+
     device = pick_device(None if device is None else str(device))
     dist = DistContext.from_env(device.type)
     if dist.enabled and device.type == "cuda":
@@ -321,12 +380,13 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     show = progress and dist.is_main
     seed_everything(config.seed + dist.rank)
-    out = Path(out_dir) if out_dir is not None else None
+    run = out_dir if isinstance(out_dir, Run) or out_dir is None else Run(out_dir)
 
     model.to(device)
     train_model: nn.Module = model
     if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment), rank=dist.rank, world_size=dist.world_size)
     steps_per_epoch = len(loader)
@@ -338,23 +398,24 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch), config.min_lr / config.lr))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp
-                else nullcontext())
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    checkpoint_path = out / "checkpoint.pt" if out is not None else None
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_state(checkpoint_path, map_location=device)
-        saved = TrainConfig.from_dict(state.get("train_config", {}))
+    if resume and run is not None and run.has_state():
+        state = run.load_state(map_location=device)
+        try:
+            saved = TrainConfig.from_dict(state.get("train_config", {}))
+        except ConfigError as error:
+            raise CheckpointError(f"cannot resume {run.state_path}: its training config is not valid here: "
+                                  f"{error}") from None
         if saved != config:
             diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
-            raise CheckpointError(f"cannot resume {checkpoint_path}: the training config differs from the one it "
+            raise CheckpointError(f"cannot resume {run.state_path}: the training config differs from the one it "
                                   f"was made with (field: (checkpoint, now)) {diff}")
         try:
             unwrap(model).load_state_dict(state["model"])
         except RuntimeError as error:
-            raise CheckpointError(f"checkpoint {checkpoint_path} does not match the model: {error}") from None
+            raise CheckpointError(f"checkpoint {run.state_path} does not match the model: {error}") from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
@@ -365,54 +426,26 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
                       total=config.epochs)
     for epoch in epochs_bar:
         loader.set_epoch(epoch)
-        model.train()
         started = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        lr = optimizer.param_groups[0]["lr"]
-        batches = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                       disable=not show)
-        for step, (images, labels) in enumerate(batches):
-            if step >= steps_per_epoch:
-                break
-            with autocast:
-                logits = train_model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                totals += torch.stack([loss.detach().double() * len(labels),
-                                       (logits.argmax(1) == labels).sum().double(),
-                                       torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
-            if show and step % 10 == 0:
-                batches.set_postfix(loss=f"{totals[0].item() / totals[2].item():.4f}",
-                                    acc=f"{totals[1].item() / totals[2].item():.4f}")
-        dist.all_sum(totals)
-        train_time = time.perf_counter() - started
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "lr": lr,
-            "train_loss": totals[0].item() / totals[2].item(), "train_accuracy": totals[1].item() / totals[2].item(),
-            "train_images_per_s": totals[2].item() / train_time, "train_samples": int(totals[2].item()),
-        }
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(train_one_epoch(train_model, loader, optimizer, config, scheduler, steps=steps_per_epoch,
+                                   dist=dist, description=f"epoch {epoch + 1}/{config.epochs}", progress=show))
         if val_set is not None and len(val_set):
-            val = evaluate(model, val_set, config.eval_batch_size, device, dist)
+            val = evaluate(model, val_set, config.eval_batch_size, device, dist, amp=config.amp)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         row["epoch_time_s"] = time.perf_counter() - started
         history.append(row)
         if show:
             epochs_bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "train_accuracy", "val_accuracy")
                                     if k in row})
-        if out is not None and dist.is_main:
-            save_weights(model, out / "model.safetensors")
-            save_state(checkpoint_path, {
+        if run is not None and dist.is_main:
+            run.save_weights(model)
+            run.save_state({
                 "epoch": epoch + 1, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "rng": _rng_state(device),
                 "train_config": config.to_dict(),
             })
-            write_history_csv(out / "history.csv", history)
+            run.write_history(history)
         if dist.enabled:
             torch_dist.barrier()
         if on_epoch_end is not None:

@@ -1,0 +1,375 @@
+"""A training run: the folder that holds it (:class:`Run`) and the driver that makes one (:func:`train_run`).
+
+Every run folder has the same files, and :class:`Run` is the only code that writes or reads them::
+
+    config.json         model (name, family, config) + training recipe + dataset + command line
+    model.safetensors   weights (safetensors: loading cannot run code)
+    checkpoint.pt       resumable state: optimizer, scheduler, RNG, history (loaded with weights_only)
+    history.csv         one row per epoch
+    metrics.json        test accuracy, per-class accuracy, confusion matrix, parameters, FLOPs, time...
+    curves.png, confusion.png
+
+Every file is written atomically (a crash never leaves half a file). Reading a missing or corrupt
+file raises :class:`RunError` naming the file, never returns an empty result.
+
+:func:`train_run` is what ``vitlab train`` calls, and what lessons call directly::
+
+    run = train_run("vit_mnist", "mnist", "runs/vit_mnist", time_budget=600)
+    run.metrics()["test_accuracy"], run.model(), run.dataset("test")
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_state,
+    load_weights,
+    save_json,
+    save_state,
+    save_weights,
+    unwrap,
+)
+from .data import ImageTensorDataset, load_dataset
+
+__all__ = ["Run", "RunError", "train_run", "model_spec", "model_from_spec", "count_flops", "HISTORY_FIELDS",
+           "command_line", "device_name"]
+
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s",
+                  "train_images_per_s", "train_samples"]
+
+
+class RunError(CheckpointError):
+    """A run folder or one of its files is missing, corrupt, or not what the command needs."""
+
+
+def model_spec(name: str, model: nn.Module) -> dict[str, Any]:
+    """The ``model`` entry of ``config.json``: the registered name, the family, and every config field."""
+    model = unwrap(model)
+    family = getattr(type(model), "family", None)
+    if family is None or not hasattr(model, "config"):
+        raise TypeError(f"{type(model).__name__} is not a registered vitlab model family (see vitlab.registry)")
+    return {"name": name, "family": family, "config": model.config.to_dict()}
+
+
+def model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an (untrained) model from its ``config.json`` entry (see :func:`model_spec`)."""
+    from .registry import build_model
+
+    try:
+        family, fields = spec["family"], spec["config"]
+    except (KeyError, TypeError):
+        raise RunError(f"config.json has no usable 'model' entry (need 'family' and 'config'): {spec!r}") from None
+    try:
+        return build_model(family, fields)
+    except (TypeError, ValueError) as error:
+        raise RunError(f"config.json describes an invalid {family} model: {error}") from None
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Forward FLOPs for one input of shape ``(C, H, W)`` (1 multiply-add = 2 FLOPs), on a CPU copy-free pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def command_line() -> str:
+    """This process's command line, as ``vitlab ...`` (for the record in config.json / metrics.json)."""
+    return " ".join(shlex.quote(a) for a in ["vitlab", *sys.argv[1:]])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+class Run:
+    """A run folder. Nothing is read until asked for; every read checks the file and says what is wrong."""
+
+    CONFIG, METRICS, HISTORY, WEIGHTS, STATE = "config.json", "metrics.json", "history.csv", "model.safetensors", \
+        "checkpoint.pt"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / self.STATE
+
+    # ------------------------------------------------------------------ reading
+    def _read_json(self, filename: str) -> dict[str, Any]:
+        path = self.path / filename
+        if not path.is_file():
+            hint = " (is it a vitlab run folder?)" if filename == self.CONFIG else \
+                " (the run has not finished: train it to the end, or resume it)" if filename == self.METRICS else ""
+            raise RunError(f"{path} does not exist{hint}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunError(f"{path} is corrupt (not valid JSON: {error}); restore it or retrain the run") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def exists(self) -> bool:
+        """Whether the folder holds a run (its ``config.json``)."""
+        return (self.path / self.CONFIG).is_file()
+
+    def is_finished(self) -> bool:
+        """Whether training finished and the test metrics were written."""
+        return (self.path / self.METRICS).is_file()
+
+    def has_state(self) -> bool:
+        return self.state_path.is_file()
+
+    def config(self) -> dict[str, Any]:
+        """``config.json``: ``{"model", "train", "dataset", "command", ...}``."""
+        return self._read_json(self.CONFIG)
+
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``: test accuracy and everything else measured at the end of training."""
+        return self._read_json(self.METRICS)
+
+    def history(self, missing_ok: bool = False) -> list[dict[str, float]]:
+        """``history.csv`` as one dict of floats per epoch (``[]`` if missing and ``missing_ok``)."""
+        path = self.path / self.HISTORY
+        if not path.is_file():
+            if missing_ok:
+                return []
+            raise RunError(f"{path} does not exist")
+        try:
+            with open(path, newline="") as f:
+                return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        except (ValueError, TypeError, csv.Error) as error:
+            raise RunError(f"{path} is corrupt: {error}") from None
+
+    def load_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The resumable training state (``checkpoint.pt``), loaded without executing code."""
+        return load_state(self.state_path, map_location)
+
+    def model(self, map_location: str | torch.device = "cpu") -> nn.Module:
+        """The trained model, rebuilt from ``config.json`` and ``model.safetensors``, in eval mode."""
+        model = model_from_spec(self.config().get("model", {}))
+        load_weights(model, self.path / self.WEIGHTS)
+        return model.to(map_location).eval()
+
+    def dataset(self, split: str = "test", name: str | None = None, root: str | os.PathLike[str] | None = None,
+                subset: int | None = None) -> ImageTensorDataset:
+        """A split of the dataset the run was trained on, loaded as it was (same validation split,
+        seed, image size and channels). ``name`` evaluates on another dataset of the same shape."""
+        config = self.config()
+        data, fields = config.get("dataset", {}), config.get("model", {}).get("config", {})
+        dataset_name = name or data.get("name")
+        if not dataset_name:
+            raise RunError(f"{self.path / self.CONFIG} does not say which dataset the run used: pass a dataset name")
+        return load_dataset(dataset_name, split, root=root, val_size=data.get("val_size", 0.1), subset=subset,
+                            seed=config.get("train", {}).get("seed", 0), image_size=fields.get("image_size"),
+                            channels=fields.get("in_channels"))
+
+    # ------------------------------------------------------------------ writing
+    def write_config(self, config: dict[str, Any]) -> Path:
+        return save_json(self.path / self.CONFIG, config)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> Path:
+        return save_json(self.path / self.METRICS, metrics)
+
+    def write_history(self, history: Sequence[dict[str, Any]]) -> Path:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+                writer.writeheader()
+                for row in history:
+                    writer.writerow({k: row.get(k) for k in HISTORY_FIELDS})
+        return atomic_write(self.path / self.HISTORY, write)
+
+    def save_weights(self, model: nn.Module) -> Path:
+        return save_weights(model, self.path / self.WEIGHTS)
+
+    def save_state(self, state: dict[str, Any]) -> Path:
+        return save_state(self.state_path, state)
+
+    def record_evaluation(self, result: dict[str, Any], split: str, dataset_name: str, classes: Sequence[str],
+                          command: str | None = None) -> dict[str, Any]:
+        """Merge an :func:`~vitlab.train.evaluate` result into ``metrics.json`` and return the new metrics.
+
+        The run's own test split overwrites ``test_accuracy`` (and the per-class table and confusion
+        matrix); another split or dataset gets its own keys, e.g. ``val_accuracy`` or
+        ``fashion-mnist_test_accuracy``, so no earlier number is lost.
+        """
+        metrics = self.metrics()
+        own = dataset_name == self.config().get("dataset", {}).get("name")
+        prefix = split if own else f"{dataset_name}_{split}"
+        metrics.update({f"{prefix}_accuracy": result["accuracy"], f"{prefix}_loss": result["loss"],
+                        f"{prefix}_n": result["n"]})
+        if prefix == "test":
+            metrics["per_class_accuracy"] = dict(zip(classes, result["per_class_accuracy"]))
+            metrics["confusion"] = result["confusion"]
+        metrics["evaluated_with"] = command or command_line()
+        self.write_metrics(metrics)
+        return metrics
+
+    def write_figures(self, history: Sequence[dict[str, Any]], metrics: dict[str, Any], classes: Sequence[str],
+                      title: str) -> None:
+        """``curves.png`` (loss and accuracy per epoch) and ``confusion.png`` (test confusion matrix)."""
+        import matplotlib.pyplot as plt
+
+        from .plots import plot_confusion, plot_history
+
+        if history:
+            fig = plot_history(history, title=title)
+            atomic_write(self.path / "curves.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+            plt.close(fig)
+        fig = plot_confusion(metrics["confusion"], classes,
+                             title=f"{title}: test accuracy {100 * metrics['test_accuracy']:.2f}%")
+        atomic_write(self.path / "confusion.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        plt.close(fig)
+
+
+def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
+              model_args: dict[str, Any] | None = None, seed: int = 0, data_root: str | os.PathLike[str] | None = None,
+              val_size: int | float = 0.1, subset: int | None = None, test_subset: int | None = None,
+              time_budget: float | None = None, resume: bool = False, device: str | torch.device | None = None,
+              progress: bool = True, verbose: bool = True, command: str | None = None) -> Run:
+    """Train a registered model on a dataset, evaluate it on the test split, and return its :class:`Run`.
+
+    ``model``: a registered name (:func:`vitlab.registry.model_names`); ``model_args`` replace fields of
+    its preset config (the dataset always sets ``in_channels``, ``image_size`` and ``num_classes``
+    unless given). ``recipe``: :class:`~vitlab.train.TrainConfig` fields replacing the model's tuned
+    recipe (``None`` values are ignored). ``seed`` fixes the splits, the initialization and the data
+    order. ``time_budget`` (seconds) plans the number of epochs from a measured step time (an explicit
+    ``recipe["epochs"]`` is then the most it may run). ``resume`` continues the run in ``out`` from its
+    last finished epoch (a finished run is only re-evaluated); without it, an existing run is an error.
+    Interrupted with Ctrl-C, it raises ``KeyboardInterrupt`` after the last finished epoch was saved.
+    """
+    from .model import count_parameters
+    from .registry import create_model, model_config
+    from .runtime import pick_device, seed_everything
+    from .train import DistContext, TrainConfig, evaluate, fit, plan_for_time_budget
+    from .train import recipe as tuned_recipe
+
+    run = Run(out)
+    device = pick_device(None if device is None else str(device))
+    command = command or command_line()
+    overrides = dict(recipe or {})
+    if "seed" in overrides and overrides["seed"] is not None and overrides["seed"] != seed:
+        raise ValueError("pass the seed as train_run(seed=...), not in the recipe: one seed fixes everything")
+    config = tuned_recipe(model, **{**overrides, "seed": seed})
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time budget must be a positive number of seconds, got {time_budget}")
+    if not resume and run.has_state():
+        raise RunError(f"{run.path} already holds a run: pass --resume (resume=True) to continue it, "
+                       "or choose another output folder")
+
+    preset = model_config(model, **(model_args or {}))
+    common = dict(root=data_root, val_size=val_size, seed=seed, image_size=preset.image_size,
+                  channels=preset.in_channels)
+    train_set = load_dataset(dataset, "train", subset=subset, **common)
+    val_set = load_dataset(dataset, "val", **common)
+    test_set = load_dataset(dataset, "test", subset=test_subset, **common)
+    channels, height, _ = train_set.image_shape
+    # The dataset decides the input and output shapes; the preset (and model_args) decide the rest.
+    fields = {"in_channels": channels, "image_size": height, "num_classes": train_set.num_classes,
+              **(model_args or {})}
+    seed_everything(seed)
+    net = create_model(model, **fields)
+
+    if time_budget is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--time-budget measures one process; under torchrun pass --epochs instead")
+        if resume and run.exists():  # a resumed run keeps the plan it was started with
+            config = TrainConfig.from_dict(run.config()["train"])
+        else:
+            config = plan_for_time_budget(net, train_set, val_set, config, time_budget, device,
+                                          max_epochs=overrides.get("epochs"))
+            if verbose:
+                print(f"time budget {time_budget:.0f} s: {config.epochs} epoch(s)"
+                      + (f" of {config.max_steps_per_epoch} steps" if config.max_steps_per_epoch else ""), flush=True)
+    run_config = {
+        "model": model_spec(model, net),
+        "train": config.to_dict(),
+        "dataset": {"name": dataset, "source": getattr(train_set, "source", ""), "val_size": val_size,
+                    "subset": subset, "test_subset": test_subset, "train_n": len(train_set), "val_n": len(val_set),
+                    "test_n": len(test_set), "classes": train_set.classes,
+                    "mean": list(train_set.mean), "std": list(train_set.std)},
+        **({"time_budget_s": time_budget} if time_budget is not None else {}),
+    }
+    dist = DistContext.from_env(device.type)
+    if resume and run.exists():
+        saved = run.config()
+        for key in ("model", "train"):
+            if saved.get(key) != run_config[key]:
+                raise RunError(f"cannot resume {run.path}: its {key} settings differ from this command's "
+                               f"(saved {saved.get(key)} vs now {run_config[key]})")
+    params = count_parameters(net)
+    flops = count_flops(net, train_set.image_shape)
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config({**run_config, "command": command})
+        if verbose:
+            print(f"training {model} ({params:,} parameters) on {dataset}: {len(train_set):,} train / "
+                  f"{len(val_set):,} val / {len(test_set):,} test images, device {device}"
+                  + (f", {dist.world_size} processes" if dist.enabled else ""), flush=True)
+
+    previous = run.metrics() if resume and run.is_finished() else None
+    started = time.perf_counter()
+    history = fit(net, train_set, val_set, config, out_dir=run, resume=resume, device=device, progress=progress)
+    train_time = time.perf_counter() - started
+    result = evaluate(net, test_set, config.eval_batch_size, dist=dist, device=next(net.parameters()).device,
+                      amp=config.amp)
+    if not dist.is_main:
+        return run
+    # A resumed run adds the time spent before the interruption (kept in the history rows).
+    total_train_time = sum(row.get("epoch_time_s", 0.0) for row in history) if resume else train_time
+    metrics = {
+        "test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_n": result["n"],
+        "per_class_accuracy": dict(zip(test_set.classes, result["per_class_accuracy"])),
+        "confusion": result["confusion"],
+        "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
+        "epochs": len(history), "params": params, "flops": flops,
+        "train_time_s": round(total_train_time, 2),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "device": device_name(next(net.parameters()).device), "world_size": dist.world_size,
+        "torch": torch.__version__, "python": platform.python_version(), "seed": seed,
+        "model": model, "dataset": dataset, "command": command,
+        "time_budget_s": time_budget, "train_n": len(train_set), "recipe": config.to_dict(),
+        **({"resumed_from": previous.get("command")} if previous else {}),
+    }
+    run.write_metrics(metrics)
+    run.write_figures(history, metrics, test_set.classes, f"{model} on {dataset}")
+    if verbose:
+        print(f"test accuracy: {100 * metrics['test_accuracy']:.2f}% on {metrics['test_n']:,} test images "
+              f"(train time {metrics['train_time_s']:.0f} s)")
+        print(f"run saved in {run.path}")
+    return run
