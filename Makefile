@@ -2,7 +2,8 @@
 # clone `make test` or `make train` is the only command needed.
 #
 #   make setup   create .venv and install vitlab with the lab and dev extras
-#   make test    unit tests + every notebook executed by nbval (quick mode)
+#   make test    lint (ruff) + unit tests + every notebook executed by nbval (quick mode)
+#   make lint    ruff check on the package, tests, notebooks, bench and tools
 #   make lab     JupyterLab on the notebooks
 #   make html    execute every notebook and render it to site/ (QUICK=1 for a fast render)
 #   make clean   remove the venv, caches and rendered site
@@ -18,15 +19,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[lab,dev]"
 	touch $(STAMP)
 
-.PHONY: setup test unit lab html clean
+.PHONY: setup test unit lint lab html clean
 
 setup: $(STAMP)
 
 # nbval runs every notebook with the venv's own Python (--nbval-current-env), never a kernel
 # some other environment registered; only cells tagged nbval-check-output are compared.
-test: $(STAMP)
+# A lint failure fails the suite before any test runs.
+test: $(STAMP) lint
 	VITLAB_QUICK=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=1200 -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -p no:cacheprovider

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from PIL import Image
 
 from vitlab.data import ImageTensorDataset
 
@@ -17,3 +20,17 @@ def halves_dataset(n: int = 256, seed: int = 0, size: int = 28, channels: int = 
     images[labels == 1, :, :, half:] += 150
     return ImageTensorDataset(images.clamp(0, 255).to(torch.uint8), labels, ["left", "right"],
                               (0.3,) * channels, (0.3,) * channels, "halves", "train")
+
+
+def folder_dataset(root: Path) -> Path:
+    """A class-per-folder PNG tree ``root/{train,test}/{left,right}/i.png``: 40 + 10 16x16 images per class."""
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 40), ("test", 10)):
+        for label, name in enumerate(["left", "right"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 60, (16, 16, 3), generator=generator, dtype=torch.uint8)
+                pixels[:, (0 if label == 0 else 8):(8 if label == 0 else 16)] += 150
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root

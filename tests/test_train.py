@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import halves_dataset
+from helpers import folder_dataset, halves_dataset
 from vitlab.checkpoint import CheckpointError, load_model, load_state, load_weights, save_json, save_weights
 from vitlab.model import create_model
 from vitlab.runs import Run, model_spec
@@ -220,23 +220,8 @@ def test_cli_missing_dataset_is_one_clear_line(tmp_path):
     assert str(tmp_path / "MNIST" / "raw") in result.stderr
 
 
-def _folder_dataset(root: Path) -> Path:
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for split, count in (("train", 40), ("test", 10)):
-        for label, name in enumerate(["left", "right"]):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.randint(0, 60, (16, 16, 3), generator=generator, dtype=torch.uint8)
-                pixels[:, (0 if label == 0 else 8):(8 if label == 0 else 16)] += 150
-                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
-    return root
-
-
 def test_cli_interrupted_run_resumes_to_a_valid_run_folder(tmp_path):
-    data = _folder_dataset(tmp_path / "images")
+    data = folder_dataset(tmp_path / "images")
     out = tmp_path / "run"
     args = ["train", "--model", "vit_seed", "--dataset", f"folder:{data}", "--model-arg", "image_size=16",
             "--epochs", "30", "--batch-size", "8", "--out", str(out), "--quiet"]
@@ -263,7 +248,7 @@ def test_cli_interrupted_run_resumes_to_a_valid_run_folder(tmp_path):
 
 def test_distributed_two_processes_on_cpu(tmp_path):
     """torchrun with the gloo backend: each process trains on its own shard, rank 0 writes the run."""
-    data = _folder_dataset(tmp_path / "images")
+    data = folder_dataset(tmp_path / "images")
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "vitlab", "train", "--model", "vit_seed", "--dataset", f"folder:{data}",
