@@ -64,3 +64,11 @@ def test_notebooks_use_no_absolute_paths():
     for path in NOTEBOOKS:
         text = path.read_text()
         assert not re.search(r"/work/|/home/\w+|C:\\\\", text), f"{path.name} hard-codes a machine path"
+
+
+def test_lessons_train_through_the_library_not_a_subprocess():
+    """Lessons call vitlab.train_run / fit directly: a subprocess hides errors and progress from the student."""
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "subprocess" not in code and "os.system" not in code, f"{path.name} shells out"

@@ -50,7 +50,9 @@ def recorded_runs(dataset: str | None = None) -> list[dict[str, Any]]:
 
 
 def _family(run: dict[str, Any]) -> str:
-    return "ViT" if run["config"]["model"]["family"] == "vit" else "CNN"
+    """The family as the table shows it: ``ViT``, ``CNN``, or a new family's registered name."""
+    family = run["config"]["model"]["family"]
+    return {"vit": "ViT", "cnn": "CNN"}.get(family, family)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -167,7 +169,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
     best = max(rows, key=lambda r: r["accuracy"])
     lines.append(f"Best test accuracy on {dataset}: **{best['model']}**, {best['accuracy']:.2f} % "
                  f"(run `{best['run']}`).")
-    vits = [r for r in rows if r["family"] == "ViT"]
+    vits = [r for r in rows if r["family"] != "CNN"]  # every transformer family
     cnns = [r for r in rows if r["family"] == "CNN"]
     if vits and cnns:
         v = max(vits, key=lambda r: r["accuracy"])
