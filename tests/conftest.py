@@ -20,9 +20,9 @@ matplotlib.use("Agg")  # tests draw figures without a screen
 def _has(name: str) -> bool:
     root = data_root()
     info = DATASETS[name]
-    if (root / info.torchvision_folder).exists():
+    if info.torchvision_folder and (root / info.torchvision_folder).exists():
         return True
-    return bool(info.image_folder and (root / info.image_folder / "train").is_dir())
+    return any((root / folder / "train").is_dir() for folder, _ in info.image_folders)
 
 
 def _require(name: str) -> None:

@@ -1,11 +1,85 @@
+import errno
+import json
+import os
+import shutil
 import urllib.error
 import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
-from vitlab.data import (DATASETS, BatchLoader, DatasetNotFoundError, ImageTensorDataset, data_root, load_dataset,
-                         load_image_folder, normalize, split_indices)
+import vitlab.data
+from vitlab.data import (
+    DATASETS,
+    BatchLoader,
+    CorruptImageError,
+    DatasetNotFoundError,
+    ImageTensorDataset,
+    cache_dir,
+    data_root,
+    load_dataset,
+    load_image_folder,
+    normalize,
+    split_indices,
+)
+
+CIFAR10_CLASSES = list(DATASETS["cifar10"].classes)
+
+
+def _require_tree(folder: str) -> None:
+    """Skip when ``<data root>/<folder>/{train,test}`` is missing; in CI (``CI`` set), fail instead."""
+    root = data_root()
+    if not ((root / folder / "train").is_dir() and (root / folder / "test").is_dir()):
+        message = f"{folder} not found under {root} (set VITLAB_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": CI must provide the datasets")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def cifar10_jpg_available() -> None:
+    """The full CIFAR-10 JPEG tree, and no torchvision files that would take precedence over it."""
+    if (data_root() / DATASETS["cifar10"].torchvision_folder).exists():
+        pytest.skip("torchvision's CIFAR-10 files are present, so load_dataset('cifar10') reads those")
+    _require_tree("cifar10-jpg")
+
+
+@pytest.fixture
+def cifar10_subset_available() -> None:
+    _require_tree("cifar10-png")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Iterator[Path]:
+    """An empty decode cache in ``tmp_path`` and an empty in-process split cache (restored empty after)."""
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    vitlab.data._load_split.cache_clear()
+    yield tmp_path / "cache"
+    vitlab.data._load_split.cache_clear()
+
+
+def _save_images(folder: Path, colors: list[tuple[int, int, int]], ext: str = "png", size: int = 32) -> None:
+    """One ``size``-square image per colour, ``folder/0.<ext>``, ``folder/1.<ext>``, ..."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, color in enumerate(colors):
+        Image.new("RGB", (size, size), color).save(folder / f"{i}.{ext}")
+
+
+def _toy_cifar_tree(root: Path, folder: str, ext: str) -> None:
+    """``root/folder/{train,test}/{airplane,truck}/``: two solid images per class (red airplanes, blue trucks)."""
+    for split in ("train", "test"):
+        _save_images(root / folder / split / "airplane", [(250, 0, 0), (200, 0, 0)], ext)
+        _save_images(root / folder / split / "truck", [(0, 0, 250), (0, 0, 200)], ext)
+
+
+def _cache_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
 
 
 def test_missing_dataset_without_download_names_dir_and_files(tmp_path):
@@ -33,9 +107,18 @@ def test_offline_download_gives_one_clear_error(tmp_path, monkeypatch):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_cifar_missing_mentions_both_layouts(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match="cifar10-png"):
+def test_cifar_missing_lists_every_folder_searched_in_order(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("cifar10", "test", root=tmp_path, download=False)
+    searched = str(info.value).splitlines()[1]
+    folders = [str(tmp_path / f) for f in ("cifar-10-batches-py", "cifar10-jpg", "cifar10-png")]
+    assert all(f in searched for f in folders)
+    assert [searched.index(f) for f in folders] == sorted(searched.index(f) for f in folders)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("cifar10-subset", "test", root=tmp_path, download=True)
+    message = str(info.value)
+    assert str(tmp_path / "cifar10-png") in message and "cifar10-jpg" not in message
+    assert "vitlab download" not in message  # nothing to download: it is a fixed subset of files
 
 
 def test_unknown_names_are_errors():
@@ -97,7 +180,7 @@ def test_batch_loader_shards_are_disjoint():
     assert seen[0].isdisjoint(seen[1]) and len(seen[0]) == len(seen[1]) == 5
 
 
-def test_image_folder(tmp_path):
+def test_image_folder(tmp_path, fresh_cache):
     from PIL import Image
 
     for split, per_class in (("train", 6), ("test", 2)):
@@ -143,11 +226,185 @@ def test_dataset_statistics_constants_match_the_data(name, request):
 
 @pytest.mark.usefixtures("cifar10_available")
 def test_cifar10_statistics_close_to_constants():
-    """The local copy is a JPEG-derived subset, so only approximate agreement is expected."""
+    """Local copies are JPEG-derived (full set or subset), so only approximate agreement is expected."""
     full = load_dataset("cifar10", "train+val")
     assert full.images.shape[1:] == (3, 32, 32)
-    pixels = full.images.float().div(255).transpose(0, 1).reshape(3, -1)
+    # From per-channel histograms of the uint8 pixels: exact, and no 600 MB float copy of 50,000 images.
+    counts = torch.stack([torch.bincount(full.images[:, c].reshape(-1), minlength=256) for c in range(3)]).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean = (counts * values).sum(1) / counts.sum(1)
+    std = ((counts * values**2).sum(1) / counts.sum(1) - mean**2).sqrt()
     info = DATASETS["cifar10"]
-    assert torch.allclose(pixels.mean(1), torch.tensor(info.mean), atol=0.01)
-    assert torch.allclose(pixels.std(1), torch.tensor(info.std), atol=0.01)
+    assert torch.allclose(mean, torch.tensor(info.mean, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(std, torch.tensor(info.std, dtype=torch.float64), atol=0.01)
     assert full.classes[3] == "cat"
+
+
+# --------------------------------------------------------------------------- full CIFAR-10 and its subset
+# These read the real data through the user's cache folder (not a temporary one), so CI decodes the
+# 60,000 JPEGs once and later runs load the cached arrays.
+
+
+@pytest.mark.usefixtures("cifar10_jpg_available")
+def test_cifar10_loads_the_full_jpeg_test_set():
+    test = load_dataset("cifar10", "test")
+    assert test.images.shape == (10000, 3, 32, 32) and test.images.dtype == torch.uint8
+    assert test.class_counts().tolist() == [1000] * 10 and test.classes == CIFAR10_CLASSES
+    assert test.source == f"cifar10-jpg at {data_root() / 'cifar10-jpg'} (full)"
+    assert test.source in repr(test)
+    assert test.subset(torch.arange(5)).source == test.source
+
+
+@pytest.mark.usefixtures("cifar10_jpg_available")
+def test_cifar10_full_training_set_splits_into_train_and_val():
+    train, val = load_dataset("cifar10", "train"), load_dataset("cifar10", "val")
+    assert (len(train), len(val)) == (45000, 5000)
+    assert load_dataset("cifar10", "train+val").class_counts().tolist() == [5000] * 10
+    assert train.source == val.source and "(full)" in train.source
+
+
+@pytest.mark.usefixtures("cifar10_subset_available")
+def test_cifar10_subset_is_exactly_the_png_subset():
+    subset = load_dataset("cifar10-subset", "test")
+    assert subset.images.shape == (2000, 3, 32, 32) and subset.class_counts().tolist() == [200] * 10
+    assert subset.name == "cifar10-subset" and subset.classes == CIFAR10_CLASSES
+    assert (subset.mean, subset.std) == (DATASETS["cifar10"].mean, DATASETS["cifar10"].std)
+    assert subset.source == f"cifar10-png at {data_root() / 'cifar10-png'} (subset)"
+    if (data_root() / "cifar10-jpg" / "test").is_dir() and not (data_root() / "cifar-10-batches-py").exists():
+        # <n>.png is the decoded <n:04d>.jpg; files load in name order, so 0, 1, 10, 100, 101, ... for the PNGs.
+        full = load_dataset("cifar10", "test")
+        png_order = sorted(range(200), key=lambda n: f"{n}.png")
+        for label in range(10):
+            assert torch.equal(subset.images[subset.labels == label], full.images[full.labels == label][png_order])
+
+
+# --------------------------------------------------------------------------- search order and the decode cache
+# Small synthetic image trees in tmp_path, with a temporary cache folder.
+
+
+def test_cifar10_search_order_and_source(tmp_path, fresh_cache):
+    _toy_cifar_tree(tmp_path, "cifar10-png", "png")
+    only_png = load_dataset("cifar10", "test", root=tmp_path)
+    assert only_png.source == f"cifar10-png at {tmp_path / 'cifar10-png'} (subset)"
+    assert only_png.labels.tolist() == [0, 0, 9, 9]  # CIFAR-10's class indices, not the folders' order
+    _toy_cifar_tree(tmp_path, "cifar10-jpg", "jpg")
+    vitlab.data._load_split.cache_clear()
+    both = load_dataset("cifar10", "test", root=tmp_path)
+    assert both.source == f"cifar10-jpg at {tmp_path / 'cifar10-jpg'} (full)" and both.name == "cifar10"
+    assert load_dataset("cifar10-subset", "test", root=tmp_path).source == only_png.source
+
+
+def test_second_load_reads_the_cache_file_instead_of_decoding(tmp_path, fresh_cache, monkeypatch):
+    _toy_cifar_tree(tmp_path, "cifar10-jpg", "jpg")
+    first = load_dataset("cifar10", "test", root=tmp_path)
+    assert cache_dir() == fresh_cache.resolve()
+    [cached] = _cache_files(fresh_cache)
+    from safetensors import safe_open
+
+    with safe_open(str(cached), framework="pt") as f:
+        assert json.loads(f.metadata()["classes"]) == CIFAR10_CLASSES and f.metadata()["fingerprint"]
+        assert f.get_tensor("images").dtype == torch.uint8 and f.get_tensor("labels").dtype == torch.int64
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the cache is valid")
+
+    monkeypatch.setattr(vitlab.data, "_decode_images", no_decoding)
+    vitlab.data._load_split.cache_clear()  # as a new process would
+    second = load_dataset("cifar10", "test", root=tmp_path)
+    assert torch.equal(second.images, first.images) and torch.equal(second.labels, first.labels)
+    assert second.source == first.source and second.classes == first.classes
+
+
+def _pets(tree: Path, cats: list[tuple[int, int, int]], dogs: list[tuple[int, int, int]]) -> None:
+    """``tree/train/{cat,dog}/<i>.png`` with the given colours, and a one-image-per-class ``tree/test``."""
+    _save_images(tree / "train" / "cat", cats, size=8)
+    _save_images(tree / "train" / "dog", dogs, size=8)
+    _save_images(tree / "test" / "cat", cats[:1], size=8)
+    _save_images(tree / "test" / "dog", dogs[:1], size=8)
+
+
+def test_cache_is_rebuilt_when_a_source_file_changes(tmp_path, fresh_cache):
+    tree = tmp_path / "pets"
+    _pets(tree, [(255, 0, 0), (255, 0, 0)], [(0, 255, 0), (0, 255, 0)])
+    before = load_image_folder(tree, "train+val", image_size=8)
+    assert before.source == f"image folder {tree}" and before.labels.tolist() == [0, 0, 1, 1]
+    assert len(_cache_files(fresh_cache)) == 2  # train and test
+    changed = tree / "train" / "cat" / "1.png"
+    mtime = changed.stat().st_mtime_ns
+    _save_images(tree / "train" / "cat", [(255, 0, 0), (0, 0, 255)], size=8)  # 1.png turns blue
+    os.utime(changed, ns=(mtime + 10**9, mtime + 10**9))  # a distinct mtime even on a coarse-clock filesystem
+    after = load_image_folder(tree, "train+val", image_size=8)
+    assert before.images[1, 2].float().mean() < 5 and after.images[1, 2].float().mean() > 250
+    _save_images(tree / "train" / "dog", [(0, 255, 0)] * 3, size=8)  # one file more
+    assert load_image_folder(tree, "train+val", image_size=8).labels.tolist() == [0, 0, 1, 1, 1]
+    assert len(_cache_files(fresh_cache)) == 2  # one file per folder and settings, overwritten in place
+    load_image_folder(tree, "train+val", image_size=4)
+    assert len(_cache_files(fresh_cache)) == 4  # another image size is another cache entry
+
+
+def test_unreadable_cache_file_is_decoded_again(tmp_path, fresh_cache):
+    tree = tmp_path / "pets"
+    _pets(tree, [(255, 0, 0)], [(0, 255, 0)])
+    expected = load_image_folder(tree, "train+val").images
+    for cached in _cache_files(fresh_cache):
+        cached.write_bytes(b"not a safetensors file")
+    assert torch.equal(load_image_folder(tree, "train+val").images, expected)
+    assert all(cached.stat().st_size > 100 for cached in _cache_files(fresh_cache))  # rewritten
+
+
+def test_unwritable_cache_folder_still_loads_and_warns_once(tmp_path, monkeypatch):
+    tree = tmp_path / "pets"
+    _pets(tree, [(255, 0, 0)], [(0, 255, 0)])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("no cache folder can be created under a file (unlike chmod, this also holds for root)")
+    monkeypatch.setenv("VITLAB_CACHE", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not write the decoded-image cache") as caught:
+        dataset = load_image_folder(tree, "train+val")
+    assert len(caught) == 1 and "VITLAB_CACHE" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller's line, not at vitlab's internals
+    assert dataset.labels.tolist() == [0, 1] and dataset.images.shape == (2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert torch.equal(load_image_folder(tree, "train+val").images, dataset.images)
+    assert not [w for w in again if "cache" in str(w.message)]
+
+
+def test_cache_files_of_deleted_folders_are_pruned(tmp_path, fresh_cache):
+    gone, kept = tmp_path / "temporary", tmp_path / "kept"
+    _pets(gone, [(255, 0, 0)], [(0, 255, 0)])
+    _pets(kept, [(255, 0, 0)], [(0, 255, 0)])
+    load_image_folder(gone, "train+val")
+    load_image_folder(kept, "train+val")
+    foreign = fresh_cache / "model.safetensors"  # not vitlab's: never touched
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(foreign))
+    assert len(_cache_files(fresh_cache)) == 5
+    shutil.rmtree(gone)
+    _save_images(kept / "train" / "cat", [(255, 0, 0), (250, 0, 0)], size=8)  # a change: the next load writes
+    load_image_folder(kept, "train+val")
+    assert len(_cache_files(fresh_cache)) == 3 and foreign.exists()
+    assert not any("temporary" in p.name for p in _cache_files(fresh_cache))
+
+
+def test_cache_write_failure_leaves_no_temporary_file(tmp_path, fresh_cache, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    tree = tmp_path / "pets"
+    _pets(tree, [(255, 0, 0)], [(0, 255, 0)])
+    with pytest.warns(UserWarning, match="No space left on device"):
+        assert len(load_image_folder(tree, "train+val")) == 2
+    assert fresh_cache.is_dir() and list(fresh_cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_file_is_a_clear_error_naming_it(tmp_path, fresh_cache, damage):
+    tree = tmp_path / "pets"
+    _save_images(tree / "cat", [(255, 0, 0), (250, 0, 0)], ext="jpg")
+    broken = tree / "cat" / "1.jpg"
+    broken.write_bytes(b"this is no image" if damage == "garbage" else broken.read_bytes()[:200])
+    with pytest.raises(CorruptImageError) as info:
+        load_dataset(f"folder:{tree}", "test")
+    assert isinstance(info.value, ValueError)
+    assert str(broken) in str(info.value) and "remove or replace" in str(info.value).lower()
+    assert _cache_files(fresh_cache) == []  # nothing half-decoded was cached
