@@ -81,7 +81,8 @@ def model_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Forward FLOPs for one input of shape ``(C, H, W)`` (1 multiply-add = 2 FLOPs), on a CPU copy-free pass."""
+    """Forward FLOPs of ``model`` for one image of shape ``(C, H, W)`` (``torch.utils.flop_counter``;
+    1 multiply-add = 2 FLOPs), counted on a zero image on the model's own device."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = unwrap(model)
@@ -264,7 +265,8 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
               progress: bool = True, verbose: bool = True, command: str | None = None) -> Run:
     """Train a registered model on a dataset, evaluate it on the test split, and return its :class:`Run`.
 
-    ``model``: a registered name (:func:`vitlab.registry.model_names`); ``model_args`` replace fields of
+    ``model``: a registered name (:func:`vitlab.registry.model_names`; register a new architecture with
+    :func:`vitlab.registry.register_model` so that its run folder can be reloaded); ``model_args`` replace fields of
     its preset config (the dataset always sets ``in_channels``, ``image_size`` and ``num_classes``
     unless given). ``recipe``: :class:`~vitlab.train.TrainConfig` fields replacing the model's tuned
     recipe (``None`` values are ignored). ``seed`` fixes the splits, the initialization and the data
