@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import vitlab
 from vitlab.model import PRESETS, ViTConfig
+from vitlab.runs import count_flops
 from vitlab.train import TrainConfig, autocast_context, train_step
 
 
@@ -42,13 +42,6 @@ def timm_twin(config: ViTConfig) -> torch.nn.Module:
                              num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
                              class_token=True, global_pool="token", drop_rate=0.0, proj_drop_rate=config.dropout,
                              attn_drop_rate=config.attn_dropout, drop_path_rate=config.drop_path)
-
-
-def flops_per_image(model: torch.nn.Module, config: ViTConfig, device: torch.device) -> float:
-    images = torch.randn(1, config.in_channels, config.image_size, config.image_size, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(images)
-    return counter.get_total_flops()
 
 
 def _sync(device: torch.device) -> None:
@@ -110,7 +103,7 @@ def bench_preset(name: str, device: torch.device, repeats: int, steps: int, with
             "dim": config.dim, "depth": config.depth, "heads": config.heads, "positional": config.positional
             if k == "vitlab" else "learned",
             "params": sum(p.numel() for p in m.parameters()),
-            "mflops_per_image": flops_per_image(m, config, device) / 1e6,
+            "mflops_per_image": count_flops(m, (config.in_channels, config.image_size, config.image_size)) / 1e6,
             "train_images_per_s": statistics.median(train_rates[k]),
             "infer_images_per_s": statistics.median(infer_rates[k]),
         })

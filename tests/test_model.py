@@ -89,5 +89,5 @@ def test_device_choice():
     assert vitlab.pick_device().type in ("cpu", "cuda", "mps")
     assert vitlab.pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             vitlab.pick_device("cuda")

@@ -126,11 +126,14 @@ def test_configs_are_strict_and_validated():
         vitlab.ViTConfig(positional="rope")
 
 
+@pytest.mark.filterwarnings("ignore:.*CUDA.*")
 def test_autocast_follows_amp_on_every_device():
     from contextlib import nullcontext
 
     assert isinstance(autocast_context(torch.device("cpu")), nullcontext)
     assert isinstance(autocast_context(torch.device("cuda"), amp=False), nullcontext)
+    bf16 = autocast_context(torch.device("cuda"), amp=True)  # built, not entered: no GPU needed
+    assert isinstance(bf16, torch.autocast) and bf16.fast_dtype == torch.bfloat16
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -212,28 +215,43 @@ def test_train_run_refuses_to_overwrite_and_resumes_a_finished_run(folder_run):
     with pytest.raises(RunError, match="already holds a run.*--resume"):
         train_run("vit_seed", f"folder:{data}", run.path, **args)
     before = run.metrics()
-    again = train_run("vit_seed", f"folder:{data}", run.path, resume=True, **args)
-    assert again.metrics()["test_accuracy"] == before["test_accuracy"]
+    (run.path / "metrics.json").write_text("{damaged")  # a finished run is re-evaluated, which repairs the file
+    with pytest.warns(UserWarning, match="metrics.json is corrupt"):
+        again = train_run("vit_seed", f"folder:{data}", run.path, resume=True, **args)
+    after = again.metrics()
+    assert after["test_accuracy"] == before["test_accuracy"] and after["confusion"] == before["confusion"]
+    assert after["epochs"] == 2 and len(again.history()) == 2, "a finished run trains no further epoch"
     with pytest.raises(RunError, match="settings differ"):
         train_run("vit_seed", f"folder:{data}", run.path, resume=True, **{**args, "recipe": {"epochs": 3,
                                                                                            "batch_size": 8}})
 
 
-def test_record_evaluation_keeps_every_number(folder_run):
-    run, _ = folder_run
-    result = {"accuracy": 0.25, "loss": 1.5, "n": 4, "per_class_accuracy": [0.5, 0.0], "confusion": [[1, 1], [2, 0]]}
-    own = run.config()["dataset"]["name"]
-    merged = run.record_evaluation(result, "val", own, ["left", "right"], command="test")
-    assert merged["val_accuracy"] == 0.25 and merged["test_accuracy"] == run.metrics()["test_accuracy"]
-    other = run.record_evaluation(result, "test", "fashion-mnist", ["left", "right"], command="test")
-    assert other["fashion-mnist_test_accuracy"] == 0.25 and other["per_class_accuracy"] != {"left": 0.5, "right": 0.0}
+def test_evaluations_are_recorded_without_replacing_numbers_from_other_images(folder_run, tmp_path):
+    import shutil
+
+    source, _ = folder_run
+    run = Run(shutil.copytree(source.path, tmp_path / "run"))
+    model, recorded = run.model(), run.metrics()
+    val = run.dataset("val")
+    merged = run.record_evaluation(vitlab.train.evaluate(model, val), val, command="test")
+    assert merged["val_n"] == len(val) == 8 and merged["test_accuracy"] == recorded["test_accuracy"]
+    fewer = run.dataset("test", subset=5)  # other images than the recorded 20: their own keys
+    merged = run.record_evaluation(vitlab.train.evaluate(model, fewer), fewer, command="test")
+    assert merged[f"{fewer.name}_test_n"] == 5 and merged["test_n"] == 20
+    assert merged["test_accuracy"] == recorded["test_accuracy"] and merged["confusion"] == recorded["confusion"]
+    # The data folder now holds another copy than the run was made with: refused, not switched silently.
+    config = run.config()
+    config["dataset"]["test_n"] = 999
+    (run.path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match="holds another copy"):
+        run.dataset("test")
 
 
 def test_report_reads_runs_and_escapes_its_title(folder_run, tmp_path):
     run, _ = folder_run
     report = build_report([run.path], tmp_path / "reports", title="<b>mine</b>")
     html = (tmp_path / "reports" / "REPORT.html").read_text()
-    assert "<title>&lt;b&gt;mine&lt;/b&gt;</title>" in html
+    assert "<title>&lt;b&gt;mine&lt;/b&gt;</title>" in html and "<b>mine" not in html
     assert f"{run.metrics()['flops'] / 1e6:.1f}" in report.read_text()  # FLOPs as recorded at training time
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,8 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                   test_subset=args.test_subset, time_budget=args.time_budget, resume=args.resume,
                   device=args.device, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch is saved in {args.out}; continue with the same command "
-              "plus --resume", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: say it once
+            print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the "
+                  "same command plus --resume", file=sys.stderr)
         return 130
     return 0
 
@@ -190,15 +191,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_table(result, dataset.classes)
     print(f"{args.split} accuracy of {run.path}: {100 * result['accuracy']:.2f}% ({result['n']:,} images, "
           f"{elapsed:.1f} s)")
-    if not args.no_write:
-        run.record_evaluation(result, args.split, args.dataset or run.config()["dataset"]["name"], dataset.classes)
-        print(f"updated {run.path / Run.METRICS}")
+    if args.no_write:
+        return 0
+    if not run.is_finished():
+        print(f"not writing {run.path / Run.METRICS}: the run has not finished training (resume it first)")
+        return 0
+    run.record_evaluation(result, dataset)
+    print(f"updated {run.path / Run.METRICS}")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
+    from .checkpoint import atomic_write
     from .explain import explanations
     from .plots import plot_explanations
     from .runs import Run
@@ -221,9 +227,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
               for i, p in zip(indices, predictions)]
     fig = plot_explanations(images, maps, titles, mean=dataset.mean, std=dataset.std,
                             suptitle=f"{run.config()['model']['name']}: where it looks")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    out = atomic_write(args.out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     print(f"wrote {out}")
     return 0

@@ -56,7 +56,7 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS", "BatchLoader", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
-    "cache_dir", "data_root", "load_dataset", "load_image_folder", "normalize", "split_indices",
+    "cache_dir", "canonical_name", "data_root", "load_dataset", "load_image_folder", "normalize", "split_indices",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -573,7 +573,8 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[Ten
     if torchvision_dir is None or not torchvision_dir.exists():
         for folder_name, note in info.image_folders:
             folder = root / folder_name / ("train" if train else "test")
-            if folder.is_dir():
+            # Only a complete tree counts: train and test must come from the same copy.
+            if (root / folder_name / "train").is_dir() and (root / folder_name / "test").is_dir():
                 images, labels, names = _decode_folder(folder, info.image_size, info.channels, info.classes or None)
                 source = f"{folder_name} at {root / folder_name}" + (f" ({note})" if note else "")
                 return images, labels, tuple(names), source
@@ -590,6 +591,15 @@ def _train_val_split(dataset: ImageTensorDataset, split: str, val_size: int | fl
     n_val = round(val_size * len(dataset)) if isinstance(val_size, float) else int(val_size)
     train_idx, val_idx = split_indices(len(dataset), n_val, seed)
     return dataset.subset(train_idx if split == "train" else val_idx, split)
+
+
+def canonical_name(name: str) -> str:
+    """The name a dataset is known by: an alias resolved (``CIFAR-10`` -> ``cifar10``), a folder's path
+    made absolute (``folder:PATH``); a name vitlab does not know is returned as it is."""
+    if name.startswith("folder:"):
+        return f"folder:{Path(name[len('folder:'):]).expanduser().resolve()}"
+    key = _ALIASES.get(name.lower(), name.lower())
+    return key if key in DATASETS else name
 
 
 def _resolve_name(name: str) -> str:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import unwrap
+from .patches import require_float_images
 
 __all__ = ["attention_maps", "rollout_matrix", "attention_rollout", "class_token_attention", "grad_cam",
            "default_gradcam_layer", "explanations", "upsample", "normalize_maps", "METHODS"]
@@ -143,6 +144,7 @@ def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = Non
     ``target``: class index per image (default: the predicted class). ``layer``: a module,
     or for a ViT the index of the block whose input tokens are used (default: the last).
     """
+    require_float_images(images)  # before requires_grad_, which would fail with a cryptic message
     module = default_gradcam_layer(model, layer if isinstance(layer, int) else -1) \
         if layer is None or isinstance(layer, int) else layer
     captured: dict[str, Tensor] = {}

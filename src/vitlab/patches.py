@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["patchify", "unpatchify", "num_patches", "check_patch_size", "check_image_batch", "PatchEmbedding"]
+__all__ = ["patchify", "unpatchify", "num_patches", "check_patch_size", "check_image_batch", "require_float_images",
+           "PatchEmbedding"]
 
 
 def check_patch_size(image_size: int | tuple[int, int], patch_size: int) -> tuple[int, int]:
@@ -35,17 +36,22 @@ def check_patch_size(image_size: int | tuple[int, int], patch_size: int) -> tupl
     return height // patch_size, width // patch_size
 
 
+def require_float_images(images: Tensor) -> None:
+    """Refuse a ``uint8`` (or other integer) batch with a message saying how to normalize it."""
+    if not images.is_floating_point():
+        raise ValueError(
+            f"model got {images.dtype} images; it expects normalized float images: use "
+            "dataset.normalized(indices), or vitlab.data.normalize(images, mean, std) for a uint8 batch"
+        )
+
+
 def check_image_batch(images: Tensor, in_channels: int, image_size: tuple[int, int] | None = None) -> None:
     """Check a model's input batch ``(N, C, H, W)``: float (normalized), ``in_channels`` channels and,
     when given, ``image_size``. Every vitlab model calls this first, so bad input gets one clear
     ``ValueError`` instead of a failure deep inside a matmul."""
     if images.dim() != 4:
         raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"model got {images.dtype} images; it expects normalized float images: use "
-            "dataset.normalized(indices), or vitlab.data.normalize(images, mean, std) for a uint8 batch"
-        )
+    require_float_images(images)
     if images.shape[1] != in_channels:
         raise ValueError(
             f"model expects {in_channels}-channel images but got {images.shape[1]} channels "

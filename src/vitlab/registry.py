@@ -69,11 +69,12 @@ def register_model(name: str, model_class: type[nn.Module], config: Any, recipe:
     :class:`~vitlab.train.TrainConfig` fields tuned for it."""
     _check_model_class(model_class)
     family = model_class.family  # type: ignore[attr-defined]
-    known = _FAMILIES.setdefault(family, model_class)
-    if known is not model_class:
-        raise ValueError(f"model family {family!r} is already registered by {known.__name__}")
     if name in _MODELS and _MODELS[name].model_class is not model_class:
         raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].model_class.__name__}")
+    known = _FAMILIES.get(family, model_class)
+    if known is not model_class:
+        raise ValueError(f"model family {family!r} is already registered by {known.__name__}")
+    _FAMILIES[family] = model_class
     entry = ModelEntry(name, model_class, config, dict(recipe or {}), description)
     _MODELS[name] = entry
     return entry

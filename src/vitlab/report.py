@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import atomic_write
+
 __all__ = ["load_runs", "recorded_runs", "build_report"]
 
 
@@ -55,6 +57,16 @@ def _family(run: dict[str, Any]) -> str:
     return {"vit": "ViT", "cnn": "CNN"}.get(family, family)
 
 
+def _is_transformer(run: dict[str, Any]) -> bool:
+    """Whether the run's model family is a transformer (its registered class has attention maps)."""
+    from .registry import family_class
+
+    try:
+        return bool(family_class(run["config"]["model"]["family"]).has_attention_maps)
+    except ValueError:  # a family this installation does not know
+        return False
+
+
 def _fmt_time(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
@@ -71,15 +83,18 @@ def _mflops(run: dict[str, Any]) -> float | None:
 
 
 def _cifar_note(runs: list[dict[str, Any]]) -> str:
-    """What the CIFAR-10 runs were trained on: the 12,000-image subset or the full set."""
-    sizes = {r["metrics"].get("test_n") for r in runs if r["metrics"].get("dataset", "").startswith("cifar10")}
-    if not sizes:
-        return ""
-    if sizes == {10_000}:
-        return " CIFAR-10 is the full set (50,000 training and 10,000 test images)."
-    return (" The CIFAR-10 runs with 2,000 test images used a subset (1,000 training and 200 test images per "
-            "class) decoded from JPEGs, not the official files, so their numbers are not comparable with "
-            "published CIFAR-10 results.")
+    """What the CIFAR-10 runs were trained on: the 12,000-image subset and/or the full set."""
+    names = {r["config"].get("dataset", {}).get("name") for r in runs}
+    notes = []
+    if "cifar10-subset" in names:
+        notes.append(" `cifar10-subset` is a 12,000-image subset of CIFAR-10 (1,000 training and 200 test images "
+                     "per class) decoded from JPEGs, not the official files, so its numbers are not comparable "
+                     "with published CIFAR-10 results.")
+    if "cifar10" in names:
+        sources = sorted({r["config"]["dataset"].get("source") or "source not recorded" for r in runs
+                          if r["config"].get("dataset", {}).get("name") == "cifar10"})
+        notes.append(f" `cifar10` was loaded from: {'; '.join(sources)}.")
+    return "".join(notes)
 
 
 def _recipe_text(run: dict[str, Any]) -> str:
@@ -139,7 +154,7 @@ def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
     fig.suptitle(f"{dataset}: curves against wall-clock time")
     fig.tight_layout()
     name = f"figures/{slug}-curves.png"
-    fig.savefig(out / name, dpi=110)
+    atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     made.append(name)
 
@@ -150,7 +165,7 @@ def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
                  for m, r in zip(models, runs)}
     fig = plot_per_class(per_class, classes, title=f"{dataset}: test accuracy per class")
     name = f"figures/{slug}-per-class.png"
-    fig.savefig(out / name, dpi=110)
+    atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     made.append(name)
     return made
@@ -169,7 +184,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
     best = max(rows, key=lambda r: r["accuracy"])
     lines.append(f"Best test accuracy on {dataset}: **{best['model']}**, {best['accuracy']:.2f} % "
                  f"(run `{best['run']}`).")
-    vits = [r for r in rows if r["family"] != "CNN"]  # every transformer family
+    vits = [r for r in rows if r["transformer"]]
     cnns = [r for r in rows if r["family"] == "CNN"]
     if vits and cnns:
         v = max(vits, key=lambda r: r["accuracy"])
@@ -227,7 +242,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         target.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "metrics.json", "history.csv"):
             if (run["path"] / name).is_file() and (run["path"] / name).resolve() != (target / name).resolve():
-                shutil.copy2(run["path"] / name, target / name)
+                atomic_write(target / name, lambda tmp, source=run["path"] / name: shutil.copy2(source, tmp))
 
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
@@ -261,6 +276,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
             m = run["metrics"]
             epochs_done = _amount_trained(run)
             rows.append({"run": f"{out.name}/runs/{run['name']}", "model": m["model"], "family": _family(run),
+                         "transformer": _is_transformer(run),
                          "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
                          "mflops": _mflops(run), "train_time_s": m["train_time_s"],
                          "images_per_s": _throughput(run), "epochs_done": epochs_done,
@@ -290,11 +306,12 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
            "rebuilds this report (`make baselines` reruns the comparison runs; `make report` rebuilds the report "
            "from the copies in `reports/runs/`).", ""]
     text = "\n".join(md)
-    (out / "REPORT.md").write_text(text)
-    html_body = mistune.html(text)
-    (out / "REPORT.html").write_text(
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;line-height:1.5}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
-        "code{background:#f4f4f4}</style></head><body>" + html_body + "</body></html>\n")
+    atomic_write(out / "REPORT.md", lambda tmp: Path(tmp).write_text(text))
+    # escape=True: text from run folders and the title is shown as text, never interpreted as HTML.
+    html_body = mistune.create_markdown(escape=True, plugins=["table"])(text)
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;line-height:1.5}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
+            "code{background:#f4f4f4}</style></head><body>" + html_body + "</body></html>\n")
+    atomic_write(out / "REPORT.html", lambda tmp: Path(tmp).write_text(page))
     return out / "REPORT.md"

@@ -27,6 +27,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,15 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def _same_name(a: str | None, b: str | None) -> bool:
+    """Whether two dataset names mean the same dataset (aliases like ``CIFAR-10``; folder paths resolved)."""
+    from .data import canonical_name
+
+    if a is None or b is None:
+        return False
+    return canonical_name(a) == canonical_name(b)
 
 
 class Run:
@@ -188,16 +198,43 @@ class Run:
 
     def dataset(self, split: str = "test", name: str | None = None, root: str | os.PathLike[str] | None = None,
                 subset: int | None = None) -> ImageTensorDataset:
-        """A split of the dataset the run was trained on, loaded as it was (same validation split,
-        seed, image size and channels). ``name`` evaluates on another dataset of the same shape."""
+        """A split of the dataset the run was trained on, loaded as it was: the same validation split,
+        seed, image size, channels and recorded subset (``subset`` chooses another size).
+
+        ``name`` loads another dataset of the same shape instead. The run's own split is checked
+        against the recorded size: if the data folder now holds another copy (e.g. the full CIFAR-10
+        where the run used the subset), that is a :class:`RunError`, not a silent switch.
+        """
         config = self.config()
         data, fields = config.get("dataset", {}), config.get("model", {}).get("config", {})
         dataset_name = name or data.get("name")
         if not dataset_name:
             raise RunError(f"{self.path / self.CONFIG} does not say which dataset the run used: pass a dataset name")
-        return load_dataset(dataset_name, split, root=root, val_size=data.get("val_size", 0.1), subset=subset,
-                            seed=config.get("train", {}).get("seed", 0), image_size=fields.get("image_size"),
-                            channels=fields.get("in_channels"))
+        own = _same_name(dataset_name, data.get("name"))
+        recorded_subset = {"train": data.get("subset"), "test": data.get("test_subset")}.get(split)
+        dataset = load_dataset(dataset_name, split, root=root, val_size=data.get("val_size", 0.1),
+                               subset=subset if subset is not None or not own else recorded_subset,
+                               seed=config.get("train", {}).get("seed", 0), image_size=fields.get("image_size"),
+                               channels=fields.get("in_channels"))
+        if name is None and subset is None and not self.is_own_data(dataset):
+            raise RunError(f"{self.path} was made with {data.get(f'{split}_n')} {split} images of {data.get('name')} "
+                           f"({data.get('source') or 'source not recorded'}), but {len(dataset)} load now from "
+                           f"{dataset.source or dataset.name}: the data folder holds another copy. Name the dataset "
+                           "explicitly to evaluate on it (vitlab evaluate --dataset NAME), which records the result "
+                           "under its own keys")
+        return dataset
+
+    def is_own_data(self, dataset: ImageTensorDataset) -> bool:
+        """Whether ``dataset`` is the split the run recorded: same dataset name, and the same size and
+        source where those were recorded."""
+        data = self.config().get("dataset", {})
+        if not _same_name(dataset.name, data.get("name")):
+            return False
+        recorded_n = data.get(f"{dataset.split}_n")
+        if recorded_n is not None and recorded_n != len(dataset):
+            return False
+        recorded_source, source = data.get("source"), getattr(dataset, "source", "")
+        return not (recorded_source and source and recorded_source != source)
 
     # ------------------------------------------------------------------ writing
     def write_config(self, config: dict[str, Any]) -> Path:
@@ -221,17 +258,19 @@ class Run:
     def save_state(self, state: dict[str, Any]) -> Path:
         return save_state(self.state_path, state)
 
-    def record_evaluation(self, result: dict[str, Any], split: str, dataset_name: str, classes: Sequence[str],
+    def record_evaluation(self, result: dict[str, Any], dataset: ImageTensorDataset,
                           command: str | None = None) -> dict[str, Any]:
-        """Merge an :func:`~vitlab.train.evaluate` result into ``metrics.json`` and return the new metrics.
+        """Merge an :func:`~vitlab.train.evaluate` result on ``dataset`` into ``metrics.json`` and return
+        the new metrics.
 
-        The run's own test split overwrites ``test_accuracy`` (and the per-class table and confusion
-        matrix); another split or dataset gets its own keys, e.g. ``val_accuracy`` or
-        ``fashion-mnist_test_accuracy``, so no earlier number is lost.
+        The run's own split (:meth:`is_own_data`) is recorded under plain keys (``test_accuracy``, with
+        the per-class table and confusion matrix, or ``val_accuracy``); another dataset, size or copy
+        gets its own keys, e.g. ``fashion-mnist_test_accuracy`` or ``cifar10_test_accuracy``, so no
+        recorded number is replaced by one measured on other images.
         """
         metrics = self.metrics()
-        own = dataset_name == self.config().get("dataset", {}).get("name")
-        prefix = split if own else f"{dataset_name}_{split}"
+        split, classes = dataset.split, dataset.classes
+        prefix = split if self.is_own_data(dataset) else f"{dataset.name}_{split}"
         metrics.update({f"{prefix}_accuracy": result["accuracy"], f"{prefix}_loss": result["loss"],
                         f"{prefix}_n": result["n"]})
         if prefix == "test":
@@ -334,6 +373,14 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
             if saved.get(key) != run_config[key]:
                 raise RunError(f"cannot resume {run.path}: its {key} settings differ from this command's "
                                f"(saved {saved.get(key)} vs now {run_config[key]})")
+        # The same data: a copy that changed under the run (e.g. the full CIFAR-10 appearing where the
+        # subset was) must not be trained on silently.
+        identity = [k for k in ("name", "source", "train_n", "val_n", "test_n") if saved.get("dataset", {}).get(k)]
+        before = {k: saved["dataset"][k] for k in identity}
+        now = {k: run_config["dataset"][k] for k in identity}
+        if before != now:
+            raise RunError(f"cannot resume {run.path}: its dataset differs from what this command loads "
+                           f"(saved {before} vs now {now})")
     params = count_parameters(net)
     flops = count_flops(net, train_set.image_shape)
     if dist.is_main:
@@ -344,7 +391,12 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
                   f"{len(val_set):,} val / {len(test_set):,} test images, device {device}"
                   + (f", {dist.world_size} processes" if dist.enabled else ""), flush=True)
 
-    previous = run.metrics() if resume and run.is_finished() else None
+    previous = None
+    if resume and run.is_finished():
+        try:
+            previous = run.metrics()
+        except RunError as error:  # re-evaluating rewrites it: a damaged file must not block the repair
+            warnings.warn(f"{error}; it will be rewritten", stacklevel=2)
     started = time.perf_counter()
     history = fit(net, train_set, val_set, config, out_dir=run, resume=resume, device=device, progress=progress)
     train_time = time.perf_counter() - started

@@ -15,14 +15,14 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """The best available device: CUDA, then Apple's MPS, then the CPU.
 
     ``prefer`` (e.g. ``"cpu"``, ``"cuda:1"``) overrides the choice; asking for a
-    device that is not available is an error rather than a silent fallback.
+    device that is not available is a ``ValueError`` rather than a silent fallback.
     """
     if prefer is not None and prefer != "auto":
         chosen = torch.device(prefer)
         if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} requested but CUDA is not available on this machine")
+            raise ValueError(f"device {prefer!r} requested but CUDA is not available on this machine")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(f"device {prefer!r} requested but MPS is not available on this machine")
+            raise ValueError(f"device {prefer!r} requested but MPS is not available on this machine")
         return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
