@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 import vitlab.data
+from conftest import skip_or_fail
 from vitlab.data import (
     DATASETS,
     BatchLoader,
@@ -34,10 +35,7 @@ def _require_tree(folder: str) -> None:
     """Skip when ``<data root>/<folder>/{train,test}`` is missing; in CI (``CI`` set), fail instead."""
     root = data_root()
     if not ((root / folder / "train").is_dir() and (root / folder / "test").is_dir()):
-        message = f"{folder} not found under {root} (set VITLAB_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(message + ": CI must provide the datasets")
-        pytest.skip(message)
+        skip_or_fail(folder)
 
 
 @pytest.fixture
