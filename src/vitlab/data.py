@@ -44,7 +44,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from .checkpoint import atomic_write
 
 __all__ = [
     "DATASETS", "BatchLoader", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
@@ -436,22 +437,11 @@ def _write_cache(path: Path, images: Tensor, labels: Tensor, class_names: Sequen
 
     metadata = {"format": _CACHE_FORMAT, "fingerprint": fingerprint, "classes": json.dumps(list(class_names)),
                 "folder": str(folder)}
-    temporary = None
+    tensors = {"images": images.contiguous(), "labels": labels.contiguous()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        safetensors.torch.save_file({"images": images.contiguous(), "labels": labels.contiguous()}, temporary,
-                                    metadata=metadata)
-        os.replace(temporary, path)
-        temporary = None
+        atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
         _prune_cache(path.parent, keep=path)
     except (OSError, SafetensorError) as error:  # safetensors' own I/O errors are not OSErrors
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
         if str(path.parent) not in _cache_warned:
             _cache_warned.add(str(path.parent))
             frame, level = sys._getframe(1), 2  # point the warning at the first caller outside this module
@@ -603,8 +593,8 @@ def canonical_name(name: str) -> str:
 
 
 def _resolve_name(name: str) -> str:
-    key = name.lower()
-    key = _ALIASES.get(key, key)
+    """:func:`canonical_name` of a named (not ``folder:``) dataset; an unknown name is an error."""
+    key = canonical_name(name)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)} (or folder:PATH)")
     return key
