@@ -93,8 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model and evaluate it on the test set",
                            formatter_class=_HelpFormatter, epilog="registered models:\n" + describe_models())
-    train.add_argument("--model", default="vit_mnist", choices=model_names(), metavar="MODEL",
-                       help="a registered model (listed below)")
+    train.add_argument("--model", default=None, choices=model_names(), metavar="MODEL",
+                       help="a registered model (listed below; default vit_mnist), or none with --init")
+    train.add_argument("--init", default=None, metavar="SPEC",
+                       help="fine-tune a pretrained model: a run folder, a weights file (.safetensors, .pth, .bin), "
+                            "timm:NAME, torchvision:NAME or hf:REPO_ID (a new head is attached for the dataset)")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="with --init: the resolution the model runs at (its position table is resampled); "
+                            "default the checkpoint's. Images of another size are resized to it")
+    train.add_argument("--classes", default=None, metavar="A,B,...",
+                       help="train on these classes only (names or indices, comma-separated), relabelled in order")
     train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field, e.g. --model-arg patch_size=7 (repeatable)")
     train.add_argument("--dataset", default="mnist",
@@ -164,11 +172,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
     try:
-        train_run(args.model, args.dataset, args.out, recipe=_recipe_overrides(args),
+        model = args.model if args.model is not None or args.init is not None else "vit_mnist"
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        train_run(model, args.dataset, args.out, recipe=_recipe_overrides(args),
                   model_args=_model_overrides(args.model_arg), seed=args.seed, data_root=args.data_root,
                   val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
-                  test_subset=args.test_subset, time_budget=args.time_budget, resume=args.resume,
-                  device=args.device, progress=not args.quiet)
+                  test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
+                  time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: say it once
             print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the "

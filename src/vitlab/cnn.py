@@ -101,6 +101,14 @@ class CNNClassifier(nn.Module):
         """Nothing beyond biases and norm weights (which the optimizer always excludes)."""
         return set()
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's name): what a linear probe trains."""
+        if self.config.arch == "resnet18":
+            return self.net.fc
+        if self.config.arch == "vgg11":
+            return self.net.classifier
+        return self.net.head[-1]
+
     def gradcam_layer(self, layer: int = -1) -> nn.Module:
         """Grad-CAM's layer: the last convolutional stage (``layer`` is for ViTs and ignored here)."""
         return self.get_submodule(self._gradcam_path)

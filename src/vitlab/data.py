@@ -226,6 +226,33 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         return ImageTensorDataset(self.images[indices], self.labels[indices], self.classes, self.mean,
                                   self.std, self.name, split if split is not None else self.split, self.source)
 
+    def select_classes(self, classes: Sequence[str | int]) -> ImageTensorDataset:
+        """Only the images of ``classes`` (names or indices), relabelled ``0..k-1`` in the given order.
+
+        How a task is split into two (pretrain on some classes, transfer to the others). An unknown
+        name or index, or a class named twice, is an error listing the classes.
+        """
+        indices = []
+        for item in classes:
+            if isinstance(item, str) and item.strip().isdigit():
+                item = int(item)
+            if isinstance(item, int):
+                if not 0 <= item < self.num_classes:
+                    raise ValueError(f"class index {item} is out of range: {self.name} has {self.num_classes} "
+                                     f"classes ({', '.join(self.classes)})")
+                indices.append(item)
+            elif item.strip() in self.classes:
+                indices.append(self.classes.index(item.strip()))
+            else:
+                raise ValueError(f"{self.name} has no class {item!r}; its classes are {', '.join(self.classes)}")
+        if not indices or len(set(indices)) != len(indices):
+            raise ValueError(f"choose at least one class, each once; got {list(classes)}")
+        new_label = torch.full((self.num_classes,), -1, dtype=torch.long)
+        new_label[torch.tensor(indices)] = torch.arange(len(indices))
+        keep = (new_label[self.labels] >= 0).nonzero().squeeze(1)
+        return ImageTensorDataset(self.images[keep], new_label[self.labels[keep]], [self.classes[i] for i in indices],
+                                  self.mean, self.std, self.name, self.split, self.source)
+
     def class_counts(self) -> Tensor:
         """``(classes,)`` number of samples per class."""
         return torch.bincount(self.labels, minlength=self.num_classes)
@@ -612,7 +639,7 @@ def _take_subset(dataset: ImageTensorDataset, subset: int | None, seed: int) -> 
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] | None = None,
                  download: bool = True, val_size: int | float = 0.1, seed: int = 0,
                  subset: int | None = None, image_size: int | None = None,
-                 channels: int | None = None) -> ImageTensorDataset:
+                 channels: int | None = None, classes: Sequence[str | int] | None = None) -> ImageTensorDataset:
     """Load a dataset split into memory.
 
     ``name``: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar10-subset``, ``cifar100``,
@@ -625,23 +652,28 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
     official training set; ``test`` is the official test set. ``subset`` keeps a seeded
     random sample of that many images (quick mode). The same ``seed`` always gives the
     same split and subset. Images are ``(N, C, H, W)`` uint8 (``(N, 3, 32, 32)`` for CIFAR).
+    ``classes`` (names or indices) keeps only those classes, relabelled in that order
+    (:meth:`ImageTensorDataset.select_classes`), before the validation split and the subset.
     """
     if name.startswith("folder:"):
         return load_image_folder(name[len("folder:"):], split, image_size=image_size or 32,
-                                 channels=channels or 3, val_size=val_size, seed=seed, subset=subset)
+                                 channels=channels or 3, val_size=val_size, seed=seed, subset=subset, classes=classes)
     key = _resolve_name(name)
     if split not in ("train", "val", "test", "train+val"):
         raise ValueError(f"unknown split {split!r}: choose 'train', 'val', 'train+val' or 'test'")
     info = DATASETS[key]
     base = data_root(root)
-    images, labels, classes, source = _load_split(key, base, split != "test", download)
-    dataset = ImageTensorDataset(images, labels, info.classes or classes, info.mean, info.std, key, split, source)
+    images, labels, class_names, source = _load_split(key, base, split != "test", download)
+    dataset = ImageTensorDataset(images, labels, info.classes or class_names, info.mean, info.std, key, split, source)
+    if classes is not None:
+        dataset = dataset.select_classes(classes)
     return _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)
 
 
 def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_size: int = 32, channels: int = 3,
                       val_size: int | float = 0.1, seed: int = 0, subset: int | None = None,
-                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ImageTensorDataset:
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      classes: Sequence[str | int] | None = None) -> ImageTensorDataset:
     """Load a class-per-folder image collection (torchvision ImageFolder layout) into memory.
 
     Split rule: if ``PATH/train`` exists, it is the training set and ``PATH/test``
@@ -667,10 +699,10 @@ def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_
         test_dir = next((folder / d for d in ("test", "val") if (folder / d).is_dir()), None)
         if test_dir is None:
             raise DatasetNotFoundError(f"{folder}/train exists but neither {folder}/test nor {folder}/val does")
-        train_images, train_labels, classes = _decode_folder(folder / "train", image_size, channels)
-        test_images, test_labels, _ = _decode_folder(test_dir, image_size, channels, classes)
+        train_images, train_labels, class_names = _decode_folder(folder / "train", image_size, channels)
+        test_images, test_labels, _ = _decode_folder(test_dir, image_size, channels, class_names)
     else:
-        all_images, all_labels, classes = _decode_folder(folder, image_size, channels)
+        all_images, all_labels, class_names = _decode_folder(folder, image_size, channels)
         n_test = max(1, round(0.2 * len(all_labels)))
         rest, test_idx = split_indices(len(all_labels), n_test, seed)
         train_images, train_labels = all_images[rest], all_labels[rest]
@@ -680,7 +712,9 @@ def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_
         mean, std = pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
     name, source = f"folder:{folder}", f"image folder {folder}"
     if split == "test":
-        test = ImageTensorDataset(test_images, test_labels, classes, mean, std, name, "test", source)
-        return _take_subset(test, subset, seed)
-    dataset = ImageTensorDataset(train_images, train_labels, classes, mean, std, name, split, source)
+        test = ImageTensorDataset(test_images, test_labels, class_names, mean, std, name, "test", source)
+        return _take_subset(test if classes is None else test.select_classes(classes), subset, seed)
+    dataset = ImageTensorDataset(train_images, train_labels, class_names, mean, std, name, split, source)
+    if classes is not None:
+        dataset = dataset.select_classes(classes)
     return _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)

@@ -55,12 +55,13 @@ class EncoderBlock(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 attn_dropout: float = 0.0, drop_path: float = 0.0, qkv_bias: bool = True) -> None:
+                 attn_dropout: float = 0.0, drop_path: float = 0.0, qkv_bias: bool = True,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MultiHeadSelfAttention(dim, heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout,
                                            proj_dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout=dropout)
         self.drop_path = DropPath(drop_path)
 

@@ -8,7 +8,14 @@ Pipeline, with shapes for a batch of ``N`` images of ``C x H x W`` and patch siz
       -> positional encoding     (N, P + 1, dim)
       -> depth x EncoderBlock    (N, P + 1, dim)
       -> LayerNorm, pool         (N, dim)           class token (or mean of patch tokens)
+      [-> Linear + tanh          (N, rep)           "pre-logits", only with representation_size]
       -> Linear head             (N, classes)       logits (no softmax: CrossEntropyLoss wants logits)
+
+The config also describes the published checkpoints (:mod:`vitlab.pretrained` converts timm's,
+torchvision's and Hugging Face's ViTs into this class): LayerNorm epsilon (``norm_eps``: 1e-6 in
+timm and torchvision, 1e-12 in Hugging Face), a pre-logits layer, a feature-only model
+(``num_classes=0``), and ``input_size`` for a model fine-tuned on images of another size than the
+one it was pretrained at (the inputs are resized to ``image_size`` first).
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import check_heads
-from .configs import Config
+from .configs import Config, ConfigError
 from .encoder import EncoderBlock
-from .patches import PatchEmbedding, check_patch_size
+from .patches import PatchEmbedding, check_image_batch, check_patch_size
 from .positional import PositionalKind, make_positional_encoding
 from .registry import create_model, register_model
 from .tokens import ClassToken
@@ -33,7 +41,15 @@ __all__ = ["ViTConfig", "ViT", "PRESETS", "create_model", "count_parameters"]
 
 @dataclass
 class ViTConfig(Config):
-    """Everything needed to rebuild a :class:`ViT`; saved as ``config.json`` beside the weights."""
+    """Everything needed to rebuild a :class:`ViT`; saved as ``config.json`` beside the weights.
+
+    ``num_classes=0`` builds a feature extractor (the head is the identity, as in timm).
+    ``representation_size`` adds the original ViT's "pre-logits" layer (linear + tanh) before the
+    head (torchvision's ``representation_size``, Hugging Face's ``ViTModel`` pooler).
+    ``input_size``: the side of the images the model is given, when it differs from ``image_size``
+    (the resolution its patch grid and position table were built for); inputs are then resized to
+    ``image_size`` (bilinear, antialiased) before they are cut into patches.
+    """
 
     image_size: int = 28
     in_channels: int = 1
@@ -49,11 +65,32 @@ class ViTConfig(Config):
     positional: PositionalKind = "learned"
     pool: Literal["cls", "mean"] = "cls"
     qkv_bias: bool = True
+    norm_eps: float = 1e-5
+    representation_size: int | None = None
+    input_size: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # positional and pool: checked against their Literal types
         check_patch_size(self.image_size, self.patch_size)
         check_heads(self.dim, self.heads)
+        if self.num_classes < 0:
+            raise ConfigError(f"ViTConfig.num_classes must be >= 0 (0: no head, features out), got {self.num_classes}")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"ViTConfig.norm_eps must be positive, got {self.norm_eps}")
+        if self.representation_size is not None and self.representation_size <= 0:
+            raise ConfigError(f"ViTConfig.representation_size must be positive or None, got {self.representation_size}")
+        if self.input_size is not None and self.input_size <= 0:
+            raise ConfigError(f"ViTConfig.input_size must be positive or None, got {self.input_size}")
+
+    @property
+    def input_resolution(self) -> int:
+        """The side of the images the model takes (``input_size``, else ``image_size``)."""
+        return self.input_size or self.image_size
+
+    @property
+    def num_features(self) -> int:
+        """Width of the vector the head reads: ``representation_size`` if set, else ``dim``."""
+        return self.representation_size or self.dim
 
     @property
     def num_patches(self) -> int:
@@ -102,11 +139,15 @@ class ViT(nn.Module):
         drop_paths = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(
             EncoderBlock(config.dim, config.heads, config.mlp_ratio, config.dropout, config.attn_dropout,
-                         drop_path=dp, qkv_bias=config.qkv_bias)
+                         drop_path=dp, qkv_bias=config.qkv_bias, norm_eps=config.norm_eps)
             for dp in drop_paths
         )
-        self.norm = nn.LayerNorm(config.dim)
-        self.head = nn.Linear(config.dim, config.num_classes)
+        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.pre_logits: nn.Module = nn.Identity()
+        if config.representation_size is not None:
+            self.pre_logits = nn.Sequential(nn.Linear(config.dim, config.representation_size), nn.Tanh())
+        self.head: nn.Module = nn.Linear(config.num_features, config.num_classes) if config.num_classes else \
+            nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -131,9 +172,52 @@ class ViT(nn.Module):
         patch tokens get zero gradient.)"""
         return self.blocks[layer].norm1
 
+    def get_classifier(self) -> nn.Module:
+        """The classifier head (timm's name): what a linear probe trains and a new task replaces."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new head for ``num_classes`` classes (0: none), zero-initialized as in the ViT paper's
+        fine-tuning ("we remove the pre-trained prediction head and attach a zero-initialized D x K
+        feedforward layer"); the config is updated to match."""
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        device = next(self.parameters()).device
+        if num_classes:
+            self.head = nn.Linear(self.config.num_features, num_classes, device=device)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
+
+    @property
+    def num_layers(self) -> int:
+        """Layer ids for layer-wise learning-rate decay: the embedding (0), each block (1..depth), the
+        final norm and head (depth + 1)."""
+        return self.config.depth + 2
+
+    def layer_id(self, parameter_name: str) -> int:
+        """Which layer a parameter belongs to, for layer-wise learning-rate decay (BEiT, MAE): 0 for
+        the patch embedding, class token and position table, ``i + 1`` for ``blocks.i``, and
+        ``depth + 1`` for everything after the blocks."""
+        if parameter_name.startswith(("patch_embed.", "cls_token.", "pos_embed.")):
+            return 0
+        if parameter_name.startswith("blocks."):
+            return int(parameter_name.split(".")[1]) + 1
+        return self.config.depth + 1
+
+    def prepare_input(self, images: Tensor) -> Tensor:
+        """Check the batch and, for a model with ``input_size``, resize it to ``image_size``.
+        ``(N, C, s, s) -> (N, C, image_size, image_size)``."""
+        size = self.config.input_resolution
+        check_image_batch(images, self.config.in_channels, (size, size))
+        if size == self.config.image_size:
+            return images
+        return F.interpolate(images, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False,
+                             antialias=True)
+
     def tokens(self, images: Tensor) -> Tensor:
         """Embedded input sequence. ``(N, C, H, W) -> (N, P + 1, dim)``."""
-        return self.pos_embed(self.cls_token(self.patch_embed(images)))
+        return self.pos_embed(self.cls_token(self.patch_embed(self.prepare_input(images))))
 
     def pool(self, tokens: Tensor) -> Tensor:
         """``(N, T, dim) -> (N, dim)``: the class token, or the mean of the patch tokens."""
@@ -151,14 +235,19 @@ class ViT(nn.Module):
         attention weights of every block stacked as ``(layers, N, heads, T, T)``.
         """
         if not return_attention:
-            return self.head(self.pool(self.forward_features(images)))
+            return self.forward_head(self.forward_features(images))
         x = self.tokens(images)
         maps = []
         for block in self.blocks:
             x, weights = block(x, return_attention=True)
             maps.append(weights)
-        logits = self.head(self.pool(self.norm(x)))
+        logits = self.forward_head(self.norm(x))
         return logits, torch.stack(maps)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """``(N, T, dim)`` normalized tokens ``-> (N, classes)`` logits (``(N, num_features)`` features
+        when ``num_classes=0``): pool, pre-logits, head."""
+        return self.head(self.pre_logits(self.pool(features)))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -211,11 +211,12 @@ class Run:
         if not dataset_name:
             raise RunError(f"{self.path / self.CONFIG} does not say which dataset the run used: pass a dataset name")
         own = _same_name(dataset_name, data.get("name"))
+        side = fields.get("input_size") or fields.get("image_size")  # the size of the images the model takes
         recorded_subset = {"train": data.get("subset"), "test": data.get("test_subset")}.get(split)
         dataset = load_dataset(dataset_name, split, root=root, val_size=data.get("val_size", 0.1),
                                subset=subset if subset is not None or not own else recorded_subset,
-                               seed=config.get("train", {}).get("seed", 0), image_size=fields.get("image_size"),
-                               channels=fields.get("in_channels"))
+                               seed=config.get("train", {}).get("seed", 0), image_size=side,
+                               channels=fields.get("in_channels"), classes=data.get("class_subset") if own else None)
         if name is None and subset is None and not self.is_own_data(dataset):
             raise RunError(f"{self.path} was made with {data.get(f'{split}_n')} {split} images of {data.get('name')} "
                            f"({data.get('source') or 'source not recorded'}), but {len(dataset)} load now from "
@@ -297,11 +298,44 @@ class Run:
         plt.close(fig)
 
 
-def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
+def _pretrained_model(init: str | os.PathLike[str], resumed: Run | None) -> tuple[nn.Module, str, dict[str, Any],
+                                                                               dict[str, Any]]:
+    """The model to fine-tune, its name for the record, the recipe to start from, and the ``init``
+    entry of ``config.json``.
+
+    Resuming a run that has saved an epoch rebuilds the architecture from its own ``config.json``
+    (the weights then come from its checkpoint): the pretrained weights are not fetched again.
+    """
+    from .pretrained import load
+    from .registry import get_model, model_names
+
+    spec = str(init)
+    if resumed is not None and resumed.has_state() and resumed.exists():
+        saved = resumed.config()
+        if saved.get("init", {}).get("spec") != spec:
+            raise RunError(f"cannot resume {resumed.path}: it was fine-tuned from "
+                           f"{saved.get('init', {}).get('spec')!r}, not {spec!r}")
+        # The architecture as pretrained (the head and input size are set again from the dataset).
+        model = model_from_spec({**saved["model"], "config": saved["init"]["config"]})
+        return model, saved["model"]["name"], saved["init"].get("recipe", {}), saved["init"]
+    model = load(spec)
+    name, recipe, source = spec, {}, spec
+    if Run(spec).exists():  # a vitlab run folder: keep its model name, and its recipe's augmentation and batch size
+        saved = Run(spec).config()
+        name = saved.get("model", {}).get("name", spec)
+        recipe = {k: v for k, v in get_model(name).recipe.items()
+                  if k in ("augment", "batch_size", "label_smoothing")} if name in model_names() else {}
+        source = f"vitlab run {Run(spec).path.resolve()}"
+    return model, name, recipe, {"spec": spec, "source": source, "config": model.config.to_dict(), "recipe": recipe}
+
+
+def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
               model_args: dict[str, Any] | None = None, seed: int = 0, data_root: str | os.PathLike[str] | None = None,
               val_size: int | float = 0.1, subset: int | None = None, test_subset: int | None = None,
-              time_budget: float | None = None, resume: bool = False, device: str | torch.device | None = None,
-              progress: bool = True, verbose: bool = True, command: str | None = None) -> Run:
+              classes: Sequence[str | int] | None = None, init: str | os.PathLike[str] | None = None,
+              image_size: int | None = None, time_budget: float | None = None, resume: bool = False,
+              device: str | torch.device | None = None, progress: bool = True, verbose: bool = True,
+              command: str | None = None) -> Run:
     """Train a registered model on a dataset, evaluate it on the test split, and return its :class:`Run`.
 
     ``model``: a registered name (:func:`vitlab.registry.model_names`; register a new architecture with
@@ -313,11 +347,23 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
     ``recipe["epochs"]`` is then the most it may run). ``resume`` continues the run in ``out`` from its
     last finished epoch (a finished run is only re-evaluated); without it, an existing run is an error.
     Interrupted with Ctrl-C, it raises ``KeyboardInterrupt`` after the last finished epoch was saved.
+
+    ``classes`` (names or indices) trains on those classes of the dataset only (relabelled in that order).
+
+    Fine-tuning: ``init`` is anything :func:`vitlab.pretrained.load` accepts (a run folder, a weights
+    file, ``timm:NAME``, ...); the architecture and weights come from it (``model`` is then ``None``),
+    with a new zero-initialized head for the dataset's classes. ``image_size`` sets the resolution the
+    model runs at (its position table resampled; default the checkpoint's); images of another size
+    are resized to it inside the model. The recipe starts from :data:`vitlab.train.FINETUNE_RECIPE`
+    (:data:`~vitlab.train.PROBE_RECIPE` with ``freeze="backbone"``) over the pretrained model's own
+    recipe where it has one. ``resume`` rebuilds the model from the run folder, so the pretrained
+    weights are not needed again once the first epoch is saved.
     """
     from .model import count_parameters
+    from .pretrained import adapt
     from .registry import create_model, model_config
     from .runtime import pick_device, seed_everything
-    from .train import DistContext, TrainConfig, evaluate, fit, plan_for_time_budget
+    from .train import FINETUNE_RECIPE, PROBE_RECIPE, DistContext, TrainConfig, evaluate, fit, plan_for_time_budget
     from .train import recipe as tuned_recipe
 
     run = Run(out)
@@ -326,25 +372,50 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
     overrides = dict(recipe or {})
     if "seed" in overrides and overrides["seed"] is not None and overrides["seed"] != seed:
         raise ValueError("pass the seed as train_run(seed=...), not in the recipe: one seed fixes everything")
-    config = tuned_recipe(model, **{**overrides, "seed": seed})
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"time budget must be a positive number of seconds, got {time_budget}")
     if not resume and run.has_state():
         raise RunError(f"{run.path} already holds a run: pass --resume (resume=True) to continue it, "
                        "or choose another output folder")
+    if init is not None and (model is not None or model_args):
+        raise ValueError("with init (--init) the architecture comes from the pretrained model: pass no model name "
+                         "(--model) and no model_args (--model-arg)")
+    if init is None and model is None:
+        raise ValueError("name a registered model, or a pretrained one to fine-tune (init / --init)")
+    if image_size is not None and init is None:
+        raise ValueError("image_size (--image-size) is for fine-tuning (init); a new model takes the dataset's size")
+    classes = list(classes) if classes is not None else None
 
-    preset = model_config(model, **(model_args or {}))
+    pretrained, init_info = None, None
+    if init is not None:
+        pretrained, model, base_recipe, init_info = _pretrained_model(init, run if resume else None)
+        finetune = PROBE_RECIPE if overrides.get("freeze") == "backbone" else FINETUNE_RECIPE
+        config = TrainConfig.from_dict({**base_recipe, **finetune,
+                                        **{k: v for k, v in overrides.items() if v is not None}, "seed": seed})
+        preset = pretrained.config
+    else:
+        config = tuned_recipe(model, **{**overrides, "seed": seed})
+        preset = model_config(model, **(model_args or {}))
     common = dict(root=data_root, val_size=val_size, seed=seed, image_size=preset.image_size,
-                  channels=preset.in_channels)
+                  channels=preset.in_channels, classes=classes)
     train_set = load_dataset(dataset, "train", subset=subset, **common)
     val_set = load_dataset(dataset, "val", **common)
     test_set = load_dataset(dataset, "test", subset=test_subset, **common)
     channels, height, _ = train_set.image_shape
-    # The dataset decides the input and output shapes; the preset (and model_args) decide the rest.
-    fields = {"in_channels": channels, "image_size": height, "num_classes": train_set.num_classes,
-              **(model_args or {})}
     seed_everything(seed)
-    net = create_model(model, **fields)
+    if pretrained is not None:
+        if channels != pretrained.config.in_channels:
+            raise ValueError(f"{init} takes {pretrained.config.in_channels}-channel images but {dataset} has "
+                             f"{channels} channels")
+        # A new zero-initialized head for these classes; the position table resampled to image_size;
+        # the dataset's images resized inside the model when their size differs.
+        net = adapt(pretrained, image_size=image_size, input_size=height)
+        net.reset_classifier(train_set.num_classes)  # always a new head: the classes are new, even if as many
+    else:
+        # The dataset decides the input and output shapes; the preset (and model_args) decide the rest.
+        fields = {"in_channels": channels, "image_size": height, "num_classes": train_set.num_classes,
+                  **(model_args or {})}
+        net = create_model(model, **fields)
 
     if time_budget is not None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -363,19 +434,22 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
         "dataset": {"name": dataset, "source": getattr(train_set, "source", ""), "val_size": val_size,
                     "subset": subset, "test_subset": test_subset, "train_n": len(train_set), "val_n": len(val_set),
                     "test_n": len(test_set), "classes": train_set.classes,
+                    **({"class_subset": classes} if classes is not None else {}),
                     "mean": list(train_set.mean), "std": list(train_set.std)},
+        **({"init": init_info} if init_info is not None else {}),
         **({"time_budget_s": time_budget} if time_budget is not None else {}),
     }
     dist = DistContext.from_env(device.type)
     if resume and run.exists():
         saved = run.config()
-        for key in ("model", "train"):
-            if saved.get(key) != run_config[key]:
+        for key in ("model", "train", "init"):
+            if saved.get(key) != run_config.get(key):
                 raise RunError(f"cannot resume {run.path}: its {key} settings differ from this command's "
                                f"(saved {saved.get(key)} vs now {run_config[key]})")
         # The same data: a copy that changed under the run (e.g. the full CIFAR-10 appearing where the
         # subset was) must not be trained on silently.
-        identity = [k for k in ("name", "source", "train_n", "val_n", "test_n") if saved.get("dataset", {}).get(k)]
+        identity = [k for k in ("name", "source", "train_n", "val_n", "test_n", "class_subset")
+                    if saved.get("dataset", {}).get(k)]
         before = {k: saved["dataset"][k] for k in identity}
         now = {k: run_config["dataset"][k] for k in identity}
         if before != now:
@@ -411,7 +485,7 @@ def train_run(model: str, dataset: str, out: str | os.PathLike[str], *, recipe: 
         "per_class_accuracy": dict(zip(test_set.classes, result["per_class_accuracy"])),
         "confusion": result["confusion"],
         "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
-        "epochs": len(history), "params": params, "flops": flops,
+        "epochs": len(history), "params": params, "trainable_params": count_parameters(net), "flops": flops,
         "train_time_s": round(total_train_time, 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "device": device_name(next(net.parameters()).device), "world_size": dist.world_size,

@@ -41,11 +41,24 @@ from .runtime import pick_device, seed_everything
 if TYPE_CHECKING:
     from .runs import Run
 
-__all__ = ["TrainConfig", "recipe", "DistContext", "autocast_context", "train_step", "train_one_epoch", "evaluate",
-           "fit", "plan_for_time_budget", "make_optimizer", "weight_decay_groups", "warmup_cosine"]
+__all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistContext", "autocast_context",
+           "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget", "make_optimizer",
+           "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode", "warmup_cosine"]
 
 
 Optimizer = Literal["adamw", "adam", "sgd"]
+Freeze = Literal["none", "backbone"]
+
+#: Fine-tuning a pretrained model (``vitlab train --init``): the fields that replace the model's recipe.
+#: A lower peak learning rate than training from scratch (the features are already good: large steps
+#: would wreck them before the new head has learned to read them), a short warmup while the
+#: zero-initialized head settles, and a cosine down to almost nothing.
+FINETUNE_RECIPE: dict[str, Any] = {"lr": 3e-4, "min_lr": 1e-6, "warmup_epochs": 0.5, "weight_decay": 0.05,
+                                   "epochs": 10}
+#: A linear probe (``--freeze backbone``): only the head trains, a convex problem: a larger step,
+#: no weight decay, no warmup.
+PROBE_RECIPE: dict[str, Any] = {"lr": 1e-3, "min_lr": 1e-6, "warmup_epochs": 0.0, "weight_decay": 0.0,
+                                "epochs": 10}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -77,6 +90,10 @@ class TrainConfig(Config):
     eval_batch_size: int = field(default=1000, metadata=_help("images per evaluation batch"))
     amp: bool = field(default=True, metadata=_help("bf16 autocast on CUDA (training and evaluation)"))
     max_steps_per_epoch: int | None = field(default=None, metadata=_help("cut epochs short (smoke tests)"))
+    freeze: Freeze = field(default="none", metadata=_help("'backbone': train only the classifier head (a linear "
+                                                          "probe); frozen layers also run in eval mode"))
+    layer_decay: float = field(default=1.0, metadata=_help("layer-wise learning-rate decay: block i of L learns at "
+                                                           "lr * decay^(L + 1 - i); 1 disables"))
 
     def __post_init__(self) -> None:
         super().__post_init__()  # optimizer: checked against its Literal type
@@ -99,6 +116,8 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"TrainConfig.grad_clip must be positive, or None to disable, got {self.grad_clip}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"TrainConfig.layer_decay must be in (0, 1] (1 disables it), got {self.layer_decay}")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown augmentation {self.augment!r}; available: {', '.join(AUGMENTATIONS)}")
 
@@ -185,7 +204,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     device = loader.device
     autocast = autocast_context(device, config.amp)
     steps = len(loader) if steps is None else min(steps, len(loader))
-    model.train()
+    set_train_mode(model)
     started = time.perf_counter()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     batches = tqdm(loader, total=steps, desc=description, leave=False, disable=not progress)
@@ -219,7 +238,10 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     if not budget_s > 0:
         raise ValueError(f"time budget must be positive, got {budget_s}")
     device = pick_device(None if device is None else str(device))
-    probe = copy.deepcopy(model).to(device).train()
+    probe = copy.deepcopy(model).to(device)
+    if config.freeze == "backbone":
+        freeze_backbone(probe)
+    set_train_mode(probe)
     optimizer = make_optimizer(probe, config)
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment))
@@ -285,9 +307,61 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups for layer-wise learning-rate decay (BEiT, MAE): one group per (layer, decayed or
+    not), each with ``lr_scale = layer_decay ** (num_layers - 1 - layer)``: the head learns at the full
+    rate, each block below it ``layer_decay`` times slower, the embeddings slowest. The model names
+    a parameter's layer with ``layer_id(name)`` and counts them with ``num_layers``."""
+    net = unwrap(model)
+    if not hasattr(net, "layer_id"):
+        raise ConfigError(f"layer-wise learning-rate decay needs a model with layers ids (a transformer); "
+                          f"{type(net).__name__} has none: use layer_decay=1")
+    excluded = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, decayed = net.layer_id(name), not (param.dim() <= 1 or name in excluded)
+        group = groups.setdefault((layer, decayed), {
+            "params": [], "weight_decay": weight_decay if decayed else 0.0,
+            "lr_scale": layer_decay ** (net.num_layers - 1 - layer)})
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def freeze_backbone(model: nn.Module) -> list[str]:
+    """Freeze every parameter except the classifier head's (``model.get_classifier()``), for a linear
+    probe; returns the names of the parameters that still train."""
+    net = unwrap(model)
+    if not hasattr(net, "get_classifier"):
+        raise ConfigError(f"{type(net).__name__} does not say which layer is its classifier (get_classifier())")
+    head = {id(p) for p in net.get_classifier().parameters()}
+    if not head:
+        raise ConfigError("the model has no classifier head to train (num_classes=0)")
+    for param in net.parameters():
+        param.requires_grad_(id(param) in head)
+    return [name for name, param in net.named_parameters() if param.requires_grad]
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except for modules whose parameters are all frozen: those run in eval mode,
+    so a frozen backbone applies no dropout or stochastic depth and its BatchNorm keeps its statistics."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD over :func:`weight_decay_groups`."""
-    groups = weight_decay_groups(model, config.weight_decay)
+    """AdamW / Adam / SGD over :func:`weight_decay_groups` (or :func:`layer_decay_groups` when
+    ``config.layer_decay < 1``; each group's learning rate is ``lr * lr_scale``)."""
+    if config.layer_decay < 1.0:
+        groups = layer_decay_groups(model, config.weight_decay, config.layer_decay)
+        for group in groups:
+            group["lr"] = config.lr * group["lr_scale"]
+    else:
+        groups = weight_decay_groups(model, config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999))
     if config.optimizer == "adam":
@@ -383,6 +457,8 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
     run = out_dir if isinstance(out_dir, Run) or out_dir is None else Run(out_dir)
 
     model.to(device)
+    if config.freeze == "backbone":  # before DDP, which registers a gradient hook per trainable parameter
+        freeze_backbone(model)
     train_model: nn.Module = model
     if dist.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -427,7 +503,8 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
     for epoch in epochs_bar:
         loader.set_epoch(epoch)
         started = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        # The peak group's rate (with layer decay, the head's; the embeddings' is lower).
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": max(group["lr"] for group in optimizer.param_groups)}
         row.update(train_one_epoch(train_model, loader, optimizer, config, scheduler, steps=steps_per_epoch,
                                    dist=dist, description=f"epoch {epoch + 1}/{config.epochs}", progress=show))
         if val_set is not None and len(val_set):
