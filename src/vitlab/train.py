@@ -248,8 +248,14 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     autocast = autocast_context(device, config.amp)
     rng = torch.get_rng_state()
     timings = []
+
+    def batches() -> Any:  # as many epochs as the probe needs (a tiny training set has one batch per epoch)
+        for epoch in range(probe_steps + 2):
+            loader.set_epoch(epoch)
+            yield from loader
+
     started = time.perf_counter()
-    for step, (images, labels) in enumerate(loader):  # timed from batch fetch (with augmentation) to step end
+    for step, (images, labels) in enumerate(batches()):  # timed from batch fetch (with augmentation) to step end
         if step == probe_steps + 2:
             break
         train_step(probe, images, labels, optimizer, config, autocast)
