@@ -1,7 +1,7 @@
 # vitlab: every target sets the project up first (a stamp file), so on a fresh
 # clone `make test` or `make train` is the only command needed.
 #
-#   make setup   create .venv and install vitlab with the lab and dev extras
+#   make setup   create .venv and install vitlab with the lab, dev and pretrained extras
 #   make test    lint (ruff) + unit tests + every notebook executed by nbval (quick mode)
 #   make lint    ruff check on the package, tests, notebooks, bench and tools
 #   make lab     JupyterLab on the notebooks
@@ -16,7 +16,7 @@ QUICK  ?= 0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e ".[lab,dev]"
+	$(BIN)/python -m pip install -e ".[lab,dev,pretrained]"
 	touch $(STAMP)
 
 .PHONY: setup test unit lint lab html clean
@@ -61,7 +61,7 @@ train: $(STAMP)
 # Throughput of vitlab's presets vs timm's VisionTransformer (timm is a bench-only extra).
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -e ".[lab,dev,bench]"
+	$(BIN)/python -m pip install -e ".[lab,dev,pretrained,bench]"
 	touch $(BENCH_STAMP)
 
 .PHONY: bench

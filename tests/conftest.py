@@ -56,3 +56,15 @@ def cifar10_available() -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def require_module(name: str):
+    """Import an optional library the tests need (timm, transformers: the ``pretrained`` extra that
+    ``make test`` installs). Missing: skipped on a user's machine, an error in CI."""
+    try:
+        return __import__(name)
+    except ImportError:
+        message = f"{name} is not installed (pip install 'vitlab[pretrained]')"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": CI must install the pretrained extra")
+        pytest.skip(message)
