@@ -224,6 +224,116 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
     return lines
 
 
+TRANSFER_METHODS = ("from scratch", "linear probe", "fine-tune", "fine-tune + layer decay")
+
+
+def _is_transfer(run: dict[str, Any]) -> bool:
+    """Runs on a chosen subset of a dataset's classes (``--classes``): a transfer experiment's pretraining
+    and target runs, reported in their own section rather than beside whole-dataset runs."""
+    return bool(run["config"].get("dataset", {}).get("class_subset"))
+
+
+def _transfer_method(run: dict[str, Any]) -> str:
+    train = run["config"]["train"]
+    if "init" not in run["config"]:
+        return "from scratch"
+    if train.get("freeze") == "backbone":
+        return "linear probe"
+    return "fine-tune + layer decay" if train.get("layer_decay", 1.0) < 1.0 else "fine-tune"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _transfer_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """Pretraining runs, then a table (labelled images x method, mean ± std over seeds), a figure and
+    conclusions computed from the numbers, for runs made with ``--classes``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [r for r in runs if "init" in r["config"] or any(
+        "init" in o["config"] and o["config"]["dataset"]["class_subset"] == r["config"]["dataset"]["class_subset"]
+        for o in runs)]
+    sources = [r for r in runs if r not in targets]
+    md = ["### Transfer learning", ""]
+    for run in sources:
+        m, data = run["metrics"], run["config"]["dataset"]
+        md.append(f"- Pretraining `{run['name']}`: {m['model']} with labels on {', '.join(data['class_subset'])} "
+                  f"({_train_n(run):,} training images): **{100 * m['test_accuracy']:.2f} %** on their "
+                  f"{m['test_n']:,} test images after {_amount_trained(run)} ({_fmt_time(m['train_time_s'])}, "
+                  f"{m.get('device', '?')}). Command: `{m.get('command', '?')}`")
+    if not targets:
+        return md + [""]
+    pool = max(_train_n(r) + r["config"]["dataset"].get("val_n", 0) for r in targets)
+    cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for run in targets:
+        cells.setdefault((_train_n(run), _transfer_method(run)), []).append(run)
+    sizes = sorted({n for n, _ in cells})
+    methods = [m for m in TRANSFER_METHODS if any(k[1] == m for k in cells)]
+    first = targets[0]
+    budgets = sorted({r["metrics"].get("time_budget_s") for r in targets}, key=str)
+    md += ["", f"Target task: {', '.join(first['config']['dataset']['class_subset'])} "
+           f"(test set: {first['metrics']['test_n']:,} images). Test accuracy, mean ± standard deviation over "
+           f"seeds (number of seeds in brackets); every run had the same wall-clock training budget "
+           f"({', '.join(f'{b:g} s' if b else 'none' for b in budgets)}) on {first['metrics'].get('device', '?')}.",
+           "", f"Labelled images are counted against the {pool:,} training images of the target classes; "
+           f"{first['config']['dataset'].get('val_n', 0):,} of them are the validation split, which only watched "
+           "training, so the largest row holds every label a run could train on.",
+           "", "| labelled images | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
+    summary: dict[tuple[int, str], float] = {}
+    for n in sizes:
+        row = [f"{n:,} ({100 * n / pool:.0f} %)"]
+        for method in methods:
+            group = cells.get((n, method), [])
+            if not group:
+                row.append("–")
+                continue
+            mean, std = _mean_std([100 * r["metrics"]["test_accuracy"] for r in group])
+            summary[(n, method)] = mean
+            row.append(f"{mean:.2f} ± {std:.2f} ({len(group)})" if len(group) > 1 else f"{mean:.2f} (1)")
+        md.append("| " + " | ".join(row) + " |")
+    md += ["", "Epochs each run fitted into that budget (range over seeds): a linear probe has no backward pass "
+           "through the backbone, so its steps are cheaper.", "",
+           "| labelled images | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
+    for n in sizes:
+        row = [f"{n:,}"]
+        for method in methods:
+            epochs = sorted(r["metrics"]["epochs"] for r in cells.get((n, method), []))
+            row.append("–" if not epochs else f"{epochs[0]}–{epochs[-1]}" if epochs[0] != epochs[-1] else
+                       f"{epochs[0]}")
+        md.append("| " + " | ".join(row) + " |")
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for method in methods:
+        points = [(n, _mean_std([100 * r["metrics"]["test_accuracy"] for r in cells[(n, method)]]))
+                  for n in sizes if (n, method) in cells]
+        ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], marker="o",
+                    capsize=3, label=method)
+    ax.set(xscale="log", xlabel="labelled training images of the target classes (log scale)",
+           ylabel="test accuracy (%)", title="Transfer to new classes: accuracy against labels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    name = "figures/transfer-labels.png"
+    atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    md += ["", f"![transfer: accuracy against labels]({name})", "", "**What the numbers say**", ""]
+    for n in sizes:
+        present = {m: summary[(n, m)] for m in methods if (n, m) in summary}
+        best = max(present, key=present.get)
+        line = f"With {n:,} labelled images the best is {best} ({present[best]:.2f} %)"
+        if "from scratch" in present and best != "from scratch":
+            line += f", {present[best] - present['from scratch']:.2f} points above training from scratch"
+        md.append(f"- {line}.")
+    md += ["", "Commands (one per run; each is also in the run's `metrics.json`):", ""]
+    md += [f"- `{r['name']}`: `{r['metrics'].get('command', '?')}`" for r in sorted(targets, key=lambda r: r["name"])]
+    return md + [""]
+
+
 def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results") -> Path:
     """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders; returns the .md path."""
     import html
@@ -246,7 +356,9 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
 
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        by_dataset.setdefault(run["metrics"]["dataset"], []).append(run)
+        if not _is_transfer(run):
+            by_dataset.setdefault(run["metrics"]["dataset"], []).append(run)
+    transfer = [run for run in runs if _is_transfer(run)]
 
     md = [f"# {title}", "",
           f"Generated {_dt.date.today().isoformat()} by `vitlab report` from {len(runs)} run folder(s); "
@@ -300,6 +412,8 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         figures = _figures(group, dataset, out)
         md += [""] + [f"![{dataset} {Path(f).stem}]({f})" for f in figures] + [""]
         md += ["**What the numbers say**", ""] + [f"- {line}" for line in _conclusions(dataset, rows, group)] + [""]
+    if transfer:
+        md += _transfer_section(transfer, out)
     md += ["## Reproducing", "",
            "Each command above recreates its run folder (same seed, same machine type: same numbers up to "
            "timing-dependent epoch counts for budgeted runs). Then `vitlab report <run folders> --out reports` "

@@ -107,6 +107,15 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
+def source_kind(source: str | None) -> str:
+    """Which copy of a dataset a ``source`` string names, without the folder it was found in:
+    ``"cifar10-jpg at /data/cifar10-jpg (full)"`` -> ``"cifar10-jpg (full)"``. A run trained on one
+    machine and reloaded on another (another data path) still uses the same copy."""
+    import re
+
+    return re.sub(r" at \S+", "", source or "")
+
+
 def _same_name(a: str | None, b: str | None) -> bool:
     """Whether two dataset names mean the same dataset (aliases like ``CIFAR-10``; folder paths resolved)."""
     from .data import canonical_name
@@ -235,7 +244,7 @@ class Run:
         if recorded_n is not None and recorded_n != len(dataset):
             return False
         recorded_source, source = data.get("source"), getattr(dataset, "source", "")
-        return not (recorded_source and source and recorded_source != source)
+        return not (recorded_source and source and source_kind(recorded_source) != source_kind(source))
 
     # ------------------------------------------------------------------ writing
     def write_config(self, config: dict[str, Any]) -> Path:
@@ -450,8 +459,9 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
         # subset was) must not be trained on silently.
         identity = [k for k in ("name", "source", "train_n", "val_n", "test_n", "class_subset")
                     if saved.get("dataset", {}).get(k)]
-        before = {k: saved["dataset"][k] for k in identity}
-        now = {k: run_config["dataset"][k] for k in identity}
+        before = {k: source_kind(saved["dataset"][k]) if k == "source" else saved["dataset"][k] for k in identity}
+        now = {k: source_kind(run_config["dataset"][k]) if k == "source" else run_config["dataset"][k]
+               for k in identity}
         if before != now:
             raise RunError(f"cannot resume {run.path}: its dataset differs from what this command loads "
                            f"(saved {before} vs now {now})")
