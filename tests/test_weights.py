@@ -52,3 +52,18 @@ def test_shipped_cifar_weights_reproduce_their_test_accuracy():
     result = evaluate(load_model(run), test_set, batch_size=500)
     assert result["n"] == metrics["test_n"]
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
+
+
+@pytest.mark.usefixtures("cifar10_available")
+def test_shipped_transfer_checkpoint_reproduces_its_test_accuracy():
+    """weights/cifar5-vit_cifar_small, the pretrained model of lesson 12 (trained on a GPU in bf16):
+    reloaded from its folder with its own five classes, it scores what it recorded."""
+    run = Run(shipped_run("cifar5-vit_cifar_small"))
+    assert not (run.path / "checkpoint.pt").exists() and (run.path / "model.safetensors").stat().st_size < 5 * 2**20
+    metrics = run.metrics()
+    test_set = run.dataset("test")  # the recorded class subset, relabelled as in training
+    assert test_set.classes == ["airplane", "automobile", "bird", "cat", "deer"] == run.config()["dataset"]["classes"]
+    result = evaluate(run.model(), test_set, batch_size=1000, amp=False)
+    assert result["n"] == metrics["test_n"] == 5000
+    # bf16 on the GPU vs fp32 here: at most 10 of the 5,000 predictions may differ.
+    assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.002, (result["accuracy"], metrics["test_accuracy"])
