@@ -85,6 +85,15 @@ baselines: $(STAMP)
 			--quiet --resume || exit 1; \
 	done
 
+# The report's transfer-learning experiment (lesson 12): pretrain vit_cifar_small on five CIFAR-10 classes, then
+# transfer to the other five with 1/10/100 % of their labels, four ways, equal 20-second budgets. The recorded
+# runs were made on one H200 GPU (DEVICE=cuda, about 7 minutes); on a 2-core CPU the budgets buy far less.
+DEVICE ?= auto
+.PHONY: transfer
+transfer: $(STAMP)
+	$(BIN)/python tools/transfer_experiment.py --out runs/transfer --device $(DEVICE) --workers 4 \
+		--pretrain-budget 160 --pretrain-epochs 150 --budget 20 --seeds 0 1 2 --seeds-full 2
+
 # Rebuild reports/REPORT.md from the recorded runs (or from RUNS="runs/a runs/b ...").
 RUNS ?= $(sort $(wildcard reports/runs/*))
 report: $(STAMP)

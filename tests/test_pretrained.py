@@ -161,7 +161,9 @@ def test_variants_vitlab_does_not_implement_are_refused_by_name():
     state = _timm_small(init_values=1e-5).state_dict()
     with pytest.raises(CheckpointError, match="no place in vitlab's ViT.*ls1"):
         P.from_timm(state, heads=3)
-    # A wrong heads guess changes nothing in the shapes but the function: the sizes must still fit.
+    # The tensors of a non-standard width do not say how many heads split it: asked for, not guessed.
+    with pytest.raises(CheckpointError, match="cannot tell the number of attention heads of a 48-wide ViT"):
+        P.from_timm(_timm_small().state_dict())
     with pytest.raises(CheckpointError, match="lack .* tensor"):
         P.from_timm({k: v for k, v in _timm_small().state_dict().items() if "blocks.1.mlp" not in k}, heads=3)
 
@@ -193,6 +195,9 @@ def test_adapt_gives_a_model_for_a_new_size_and_new_classes():
     assert larger.config.image_size == 64 and larger.config.num_patches == 64 and larger.config.input_size is None
     assert larger.pos_embed.table.shape == (1, 65, 32) and larger(_images(64)).shape == (3, 3)
     assert torch.count_nonzero(larger.head.weight) == 0, "a new head starts at zero (ViT paper, fine-tuning)"
+    # A new head reads the class token directly: a pre-logits layer goes too (ViT paper, fine-tuning).
+    pooled = P.adapt(ViT(ViTConfig(dim=16, heads=2, depth=1, representation_size=16)), num_classes=4)
+    assert pooled.config.representation_size is None and isinstance(pooled.pre_logits, nn.Identity)
     # 32x32 images into a 64x64 model: resized inside it.
     resized = P.adapt(model, image_size=64, input_size=32)
     assert resized.config.input_size == 32 and resized(images).shape == (3, 10)
@@ -279,6 +284,10 @@ def test_hub_names_offline_give_one_clear_error_quickly(tmp_path, monkeypatch):
         P.load("timm:vit_nonexistent")
     with pytest.raises(ValueError, match="torchvision has no model 'vit_z_99'.*vit_b_16"):
         P.load("torchvision:vit_z_99")
+    with pytest.raises(ValueError, match="resnet50 is not a plain VisionTransformer"):
+        P.load("timm:resnet50")
+    with pytest.raises(ValueError, match="no pretrained weights 'vit_tiny_patch16_224.nope'.*augreg_in21k"):
+        P.load("timm:vit_tiny_patch16_224.nope")
 
 
 # ------------------------------------------------------------------------------------ fine-tuning runs
@@ -340,7 +349,8 @@ def test_fine_tuning_run_resumes_without_its_pretrained_source(pretrained_run, t
 def test_cli_fine_tunes_from_a_local_file_at_a_new_resolution(pretrained_run, tmp_path, capsys):
     timm = require_module("timm")
     _, data = pretrained_run
-    reference = timm.models.VisionTransformer(img_size=16, patch_size=4, embed_dim=64, depth=1, num_heads=1,
+    # ViT-Ti's width (192, so 3 heads: a bare state dict does not say), one block, 16x16 images.
+    reference = timm.models.VisionTransformer(img_size=16, patch_size=4, embed_dim=192, depth=1, num_heads=3,
                                               num_classes=7)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "timm.safetensors")
     code = main(["train", "--init", str(tmp_path / "timm.safetensors"), "--dataset", f"folder:{data}",
@@ -349,9 +359,10 @@ def test_cli_fine_tunes_from_a_local_file_at_a_new_resolution(pretrained_run, tm
     assert code == 0, capsys.readouterr().err
     run = Run(tmp_path / "run")
     config = run.model().config
-    # 16x16 images, resized inside the model to the 32x32 it now runs at (8x8 patches of 4 px); 2 classes.
-    assert (config.image_size, config.input_size, config.num_patches, config.num_classes) == (32, 16, 64, 2)
-    assert run.metrics()["test_n"] == 20
+    # The 16x16 model now runs at 32x32 (8x8 patches of 4 px), and the folder's images are decoded at
+    # that size (a named dataset with its own size is resized inside the model instead: test_adapt...).
+    assert (config.image_size, config.input_size, config.num_patches, config.num_classes) == (32, None, 64, 2)
+    assert run.metrics()["test_n"] == 20 and run.dataset("test").image_shape == (3, 32, 32)
     # Nonsense combinations are one-line errors.
     for argv, message in ((["--init", str(tmp_path / "timm.safetensors"), "--model", "vit_mnist"], "no model name"),
                           (["--model", "vit_seed", "--image-size", "32"], "for fine-tuning"),
@@ -375,3 +386,18 @@ def test_select_classes_relabels_in_order(pretrained_run):
         full.select_classes(["up"])
     with pytest.raises(ValueError, match="each once"):
         full.select_classes(["left", 0])
+
+
+@pytest.mark.usefixtures("mnist_available")
+def test_fine_tuning_at_a_larger_size_resizes_a_named_dataset_inside_the_model(tmp_path):
+    """MNIST is 28x28: fine-tuning the shipped vit_mnist at 56x56 resamples its 4x4 position grid to 8x8 and
+    resizes the digits inside the model; the run folder reloads that model and its 28x28 test split."""
+    from vitlab.checkpoint import shipped_run
+
+    run = train_run(None, "mnist", tmp_path / "mnist56", init=str(shipped_run("vit_mnist")), image_size=56,
+                    subset=256, test_subset=100, recipe={"epochs": 1, "max_steps_per_epoch": 2},
+                    progress=False, verbose=False)
+    model, test_set = run.model(), run.dataset("test")
+    assert (model.config.image_size, model.config.input_size, model.config.num_patches) == (56, 28, 64)
+    assert test_set.image_shape == (1, 28, 28) and len(test_set) == 100
+    assert run.metrics()["test_accuracy"] > 0.5, "the pretrained digit features survive the resampling"

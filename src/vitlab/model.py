@@ -179,8 +179,10 @@ class ViT(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A new head for ``num_classes`` classes (0: none), zero-initialized as in the ViT paper's
         fine-tuning ("we remove the pre-trained prediction head and attach a zero-initialized D x K
-        feedforward layer"); the config is updated to match."""
-        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        feedforward layer"), reading the class token directly: a pre-logits layer is removed too (the
+        paper fine-tunes with a single linear layer). The config is updated to match."""
+        self.config = dataclasses.replace(self.config, num_classes=num_classes, representation_size=None)
+        self.pre_logits = nn.Identity()
         device = next(self.parameters()).device
         if num_classes:
             self.head = nn.Linear(self.config.num_features, num_classes, device=device)

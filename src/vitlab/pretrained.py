@@ -17,8 +17,8 @@ Conversions (each returns a ``ViT`` in eval mode; tests check equal logits to 1e
     from_torchvision(model_or_state_dict)   torchvision.models.VisionTransformer
     from_hf(model_or_state_dict, config)    transformers ViTModel / ViTForImageClassification
 
-A state dict alone does not say how many attention heads the model has: pass ``heads=``
-(default ``dim // 64``, right for every published ViT-Ti/S/B/L).
+A state dict alone does not say how many attention heads the model has: the published widths are
+known (:data:`STANDARD_HEADS`: ViT-Ti/S/B/L/H), any other needs ``heads=``.
 
 Adapting a model to a new task::
 
@@ -193,9 +193,19 @@ def _depth(keys: Sequence[str], pattern: str) -> int:
     return max(indices) + 1
 
 
+#: Heads of the published ViT widths (Ti, S, B, L: 64-dimensional heads; H and the giant sizes: 16 heads).
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+
+
 def _default_heads(dim: int, heads: int | None) -> int:
-    # Published ViTs use 64-dimensional heads (Ti 192/3, S 384/6, B 768/12, L 1024/16).
-    return heads if heads is not None else max(1, dim // 64)
+    """A state dict's tensors do not say how many heads split the width: the standard sizes are known,
+    anything else must be given (a wrong guess would be a silently different model)."""
+    if heads is not None:
+        return heads
+    if dim not in STANDARD_HEADS:
+        raise CheckpointError(f"cannot tell the number of attention heads of a {dim}-wide ViT from its weights: "
+                              f"pass heads=N (known widths: {STANDARD_HEADS})")
+    return STANDARD_HEADS[dim]
 
 
 def _grid_image_size(positions: int, prefix: int, patch_size: int) -> int:
@@ -222,6 +232,7 @@ def _timm_config(model: nn.Module) -> ViTConfig:
         "an activation other than exact GELU": not (isinstance(block.mlp.act, nn.GELU)
                                                     and block.mlp.act.approximate == "none"),
         "attention pooling": getattr(model, "attn_pool", None) is not None,
+        "a distillation token (DeiT's distilled model)": getattr(model, "dist_token", None) is not None,
     }
     found = [name for name, present in unsupported.items() if present]
     if found:
@@ -251,7 +262,7 @@ def from_timm(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, heads: i
     """A vitlab ``ViT`` computing the same function as a timm ``VisionTransformer``.
 
     Given the model, its config is read from it; given a state dict, it is inferred from the tensor
-    shapes (``heads``: default ``dim // 64``; ``norm_eps``: timm's 1e-6). Variants vitlab does not
+    shapes (``heads``: see :data:`STANDARD_HEADS`; ``norm_eps``: timm's 1e-6). Variants vitlab does not
     implement (layer scale, registers, average pooling, ...) are refused with a message naming them.
     """
     if isinstance(model_or_state_dict, nn.Module):
@@ -332,7 +343,8 @@ def _hf_config(hf_config: Mapping[str, Any] | Any, state: Mapping[str, Tensor]) 
     if not isinstance(image_size, int) or not isinstance(patch_size, int):
         raise ValueError(f"vitlab's ViT needs square images and patches, got {image_size} and {patch_size}")
     dim = get("hidden_size", 768)
-    has_pooler = "pooler.dense.weight" in state
+    # ViTForImageClassification's classifier reads the class token itself; a pooler saved beside it is unused.
+    has_pooler = "pooler.dense.weight" in state and "classifier.weight" not in state
     if has_pooler and (get("pooler_act", "tanh") != "tanh" or get("pooler_output_size") not in (None, dim)):
         raise ValueError("vitlab's pre-logits layer is Linear(D, D) + tanh; this pooler differs")
     return ViTConfig(image_size=image_size, in_channels=get("num_channels", 3), patch_size=patch_size,
@@ -361,7 +373,9 @@ def from_hf(model_or_state_dict: nn.Module | Mapping[str, Tensor], config: Mappi
         state = model_or_state_dict
     state = _hf_names(state)
     vit_config = _hf_config(config, state)
-    ignore = [r"embeddings\.mask_token"]  # ViTModel(use_mask_token=True): only used for masked image modelling
+    # ViTModel(use_mask_token=True)'s mask token only serves masked image modelling; a pooler beside a
+    # classifier is unused by ViTForImageClassification.
+    ignore = [r"embeddings\.mask_token"] + ([r"pooler\..*"] if "classifier.weight" in state else [])
     return _build(vit_config, convert_state_dict(state, HF_NAMES, ViT(vit_config), "Hugging Face", ignore))
 
 
@@ -441,6 +455,8 @@ def resample_position_table(table: Tensor, new_grid: int | tuple[int, int], num_
     rows, cols = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
     if rows <= 0 or cols <= 0:
         raise ValueError(f"new grid must be positive, got {new_grid}")
+    if (rows, cols) == (old, old):
+        return table.clone()  # nothing to resample (interpolating would also be exact, but need not be)
     dim = table.shape[-1]
     grid = patches.reshape(1, old, old, dim).permute(0, 3, 1, 2)                 # (1, D, g, g)
     resized = F.interpolate(grid.float(), size=(rows, cols), mode=mode, align_corners=False).to(table.dtype)
@@ -451,7 +467,8 @@ def adapt(model: ViT, num_classes: int | None = None, image_size: int | None = N
           input_size: int | None = None) -> ViT:
     """A copy of ``model`` for a new task.
 
-    ``num_classes``: a new, zero-initialized head (see :meth:`ViT.reset_classifier`); ``image_size``:
+    ``num_classes``: when it differs from the model's, a new zero-initialized head without the pre-logits
+    layer (see :meth:`ViT.reset_classifier`; call that directly for a new head of the same size); ``image_size``:
     the resolution the model runs at, its learned position table resampled to the new patch grid
     (:func:`resample_position_table`; a sinusoidal table is recomputed); ``input_size``: the size of
     the images it will be given, resized to ``image_size`` inside the model (e.g. 32x32 CIFAR
@@ -500,8 +517,11 @@ def _hub_offline_if_unreachable() -> Iterator[None]:
     except ImportError:
         yield
         return
+    import urllib.request
+
     offline = constants.HF_HUB_OFFLINE
-    if not offline and not _reachable(constants.ENDPOINT):
+    # Behind a proxy a direct connection says nothing about reachability: leave the decision to the hub.
+    if not offline and not urllib.request.getproxies().get("https") and not _reachable(constants.ENDPOINT):
         constants.HF_HUB_OFFLINE = True
     try:
         yield
@@ -514,9 +534,11 @@ def _fetching(spec: str, how: str) -> Iterator[None]:
     """Turn a failed download into one :class:`WeightsUnavailableError` saying what to do instead."""
     try:
         yield
-    except (WeightsUnavailableError, ValueError, KeyboardInterrupt):
+    except (WeightsUnavailableError, KeyboardInterrupt):
         raise
-    except Exception as error:  # network errors differ per library: requests, httpx, urllib, hub errors
+    # Network errors differ per library and version (requests, httpx, urllib, hub errors, some of them
+    # ValueErrors): only the download runs in here, so whatever it raises is a failed fetch.
+    except Exception as error:
         reason = " ".join(f"{type(error).__name__}: {error}".split()).rstrip(".")
         raise WeightsUnavailableError(
             f"could not fetch {spec} ({how}): {reason[:300]}. No network here? On a connected machine, loading "
@@ -537,9 +559,16 @@ def _import(module: str, spec: str) -> Any:
 
 def _load_timm(name: str, spec: str) -> ViT:
     timm = _import("timm", spec)
-    if not timm.list_models(name.split(".")[0]):
-        raise ValueError(f"timm has no model {name!r}; ViTs it knows include "
+    architecture, _, tag = name.partition(".")
+    if not timm.is_model(architecture):
+        raise ValueError(f"timm has no model {architecture!r}; ViTs it knows include "
                          f"{', '.join(timm.list_models('vit_*patch16_224*')[:6])}")
+    if timm.models.model_entrypoint(architecture).__module__.rsplit(".", 1)[-1] not in ("vision_transformer", "deit"):
+        raise ValueError(f"timm's {architecture} is not a plain VisionTransformer; vitlab converts those "
+                         "(vit_tiny/small/base/large/huge_patch*)")
+    if tag and name not in timm.list_pretrained(architecture + ".*"):
+        raise ValueError(f"timm has no pretrained weights {name!r}; tags for {architecture}: "
+                         f"{', '.join(timm.list_pretrained(architecture + '.*')) or 'none'}")
     with _fetching(spec, "timm downloads from the Hugging Face Hub"), _hub_offline_if_unreachable():
         model = timm.create_model(name, pretrained=True)
     return from_timm(model)
@@ -561,10 +590,11 @@ def _load_hf(repo: str, spec: str) -> ViT:
     transformers = _import("transformers", spec)
     with _fetching(spec, "transformers downloads from the Hugging Face Hub"), _hub_offline_if_unreachable():
         config = transformers.AutoConfig.from_pretrained(repo)
-        if getattr(config, "model_type", None) != "vit":
-            raise ValueError(f"{repo} is a {getattr(config, 'model_type', '?')} model; vitlab converts ViTs only")
-        classifier = "ViTForImageClassification" in (getattr(config, "architectures", None) or [])
-        model_class = transformers.ViTForImageClassification if classifier else transformers.ViTModel
+    if getattr(config, "model_type", None) != "vit":
+        raise ValueError(f"{repo} is a {getattr(config, 'model_type', '?')} model; vitlab converts ViTs only")
+    classifier = "ViTForImageClassification" in (getattr(config, "architectures", None) or [])
+    model_class = transformers.ViTForImageClassification if classifier else transformers.ViTModel
+    with _fetching(spec, "transformers downloads from the Hugging Face Hub"), _hub_offline_if_unreachable():
         model = model_class.from_pretrained(repo)
     return from_hf(model)
 

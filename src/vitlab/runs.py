@@ -405,8 +405,10 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     else:
         config = tuned_recipe(model, **{**overrides, "seed": seed})
         preset = model_config(model, **(model_args or {}))
-    common = dict(root=data_root, val_size=val_size, seed=seed, image_size=preset.image_size,
-                  channels=preset.in_channels, classes=classes)
+    # Folder datasets are decoded at the size the model takes (named datasets have their own size).
+    side = image_size or (preset.input_resolution if pretrained is not None else preset.image_size)
+    common = dict(root=data_root, val_size=val_size, seed=seed, image_size=side, channels=preset.in_channels,
+                  classes=classes)
     train_set = load_dataset(dataset, "train", subset=subset, **common)
     val_set = load_dataset(dataset, "val", **common)
     test_set = load_dataset(dataset, "test", subset=test_subset, **common)
