@@ -348,7 +348,15 @@ def test_fine_tuning_run_resumes_without_its_pretrained_source(pretrained_run, t
 
 def test_cli_fine_tunes_from_a_local_file_at_a_new_resolution(pretrained_run, tmp_path, capsys):
     timm = require_module("timm")
-    _, data = pretrained_run
+    source, data = pretrained_run
+    # From a run folder: a linear probe, with the classes relabelled in a new order.
+    code = main(["train", "--init", str(source.path), "--dataset", f"folder:{data}", "--classes", "right,left",
+                 "--freeze", "backbone", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "probe"),
+                 "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    probe = Run(tmp_path / "probe")
+    assert probe.config()["dataset"]["classes"] == ["right", "left"] and probe.config()["train"]["freeze"] == "backbone"
+    assert probe.metrics()["trainable_params"] == 2 * source.model().config.dim + 2
     # ViT-Ti's width (192, so 3 heads: a bare state dict does not say), one block, 16x16 images.
     reference = timm.models.VisionTransformer(img_size=16, patch_size=4, embed_dim=192, depth=1, num_heads=3,
                                               num_classes=7)
