@@ -367,8 +367,10 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
           "## Methodology", ""]
     devices = sorted({r["metrics"].get("device", "?") for r in runs})
     md += [
-        f"- **Hardware:** {', '.join(devices)}; PyTorch {runs[0]['metrics'].get('torch', torch.__version__)}, "
-        f"Python {runs[0]['metrics'].get('python', platform.python_version())}.",
+        f"- **Hardware:** {', '.join(devices)}; PyTorch "
+        f"{', '.join(sorted({r['metrics'].get('torch', torch.__version__) for r in runs}))}, Python "
+        f"{', '.join(sorted({r['metrics'].get('python', platform.python_version()) for r in runs}))} (each run's "
+        "own are in its `metrics.json`).",
         "- **Data:** the official test split for testing; a seeded 90/10 split of the training set for training "
         "and validation (the validation set is used only to watch training)." + _cifar_note(runs),
         "- **Preprocessing:** pixels scaled to [0, 1] and standardized with the dataset's per-channel mean and "
