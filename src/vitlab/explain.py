@@ -97,28 +97,32 @@ def rollout_matrix(maps: Tensor, head_fusion: HeadFusion = "mean", discard_ratio
 
 
 def attention_rollout(maps: Tensor, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0,
-                      image_size: int | tuple[int, int] | None = None) -> Tensor:
-    """Attention rollout map of the class token over the patches.
+                      image_size: int | tuple[int, int] | None = None, token: int = 0,
+                      num_prefix_tokens: int = 1) -> Tensor:
+    """Attention rollout map of the class token (or another prefix ``token``, e.g. DeiT's distillation
+    token at 1) over the patches.
 
-    Shapes: ``(layers, N, heads, T, T) -> (N, g, g)`` (patch grid, ``g*g = T - 1``), or
+    Shapes: ``(layers, N, heads, T, T) -> (N, g, g)`` (patch grid, ``g*g = T - num_prefix_tokens``), or
     ``(N, H, W)`` when ``image_size`` is given. Each map is scaled to a maximum of 1.
     """
     joint = rollout_matrix(maps, head_fusion, discard_ratio)
-    grid = _grid_side(joint.shape[-1] - 1)
-    patch_map = joint[:, 0, 1:].reshape(-1, grid, grid)
+    grid = _grid_side(joint.shape[-1] - num_prefix_tokens)
+    patch_map = joint[:, token, num_prefix_tokens:].reshape(-1, grid, grid)
     patch_map = patch_map / patch_map.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     return upsample(patch_map, image_size) if image_size is not None else patch_map
 
 
-def class_token_attention(maps: Tensor, layer: int = -1, head: int | None = None) -> Tensor:
-    """Raw attention of the class token to the patches in one layer (one head, or the head mean).
+def class_token_attention(maps: Tensor, layer: int = -1, head: int | None = None, token: int = 0,
+                          num_prefix_tokens: int = 1) -> Tensor:
+    """Raw attention of the class token (or another prefix ``token``) to the patches in one layer
+    (one head, or the head mean).
 
     Shapes: ``(layers, N, heads, T, T) -> (N, g, g)``.
     """
     weights = maps[layer]
     weights = weights.mean(dim=1) if head is None else weights[:, head]
-    grid = _grid_side(weights.shape[-1] - 1)
-    return weights[:, 0, 1:].reshape(-1, grid, grid)
+    grid = _grid_side(weights.shape[-1] - num_prefix_tokens)
+    return weights[:, token, num_prefix_tokens:].reshape(-1, grid, grid)
 
 
 def default_gradcam_layer(model: nn.Module, layer: int = -1) -> nn.Module:
@@ -171,8 +175,9 @@ def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = Non
         handle.remove()
         model.train(was_training)
     activations, gradients = captured["activations"].detach(), captured["activations"].grad.detach()
-    if activations.dim() == 3:  # ViT tokens (N, T, D): drop the class token, put the grid back
-        activations, gradients = activations[:, 1:], gradients[:, 1:]
+    if activations.dim() == 3:  # ViT tokens (N, T, D): drop the class (and distillation) token, grid back
+        prefix = getattr(unwrap(model), "num_prefix_tokens", 1)
+        activations, gradients = activations[:, prefix:], gradients[:, prefix:]
         grid = _grid_side(activations.shape[1])
         activations = activations.transpose(1, 2).reshape(len(images), -1, grid, grid)
         gradients = gradients.transpose(1, 2).reshape(len(images), -1, grid, grid)
@@ -192,6 +197,7 @@ def explanations(model: nn.Module, images: Tensor, methods: list[str] | tuple[st
     -> ``{title: (N, g, g)}``. Methods that need attention weights are refused for models without them.
     """
     maps: dict[str, Tensor] = {}
+    prefix = getattr(unwrap(model), "num_prefix_tokens", 1)
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
@@ -199,11 +205,12 @@ def explanations(model: nn.Module, images: Tensor, methods: list[str] | tuple[st
             raise ValueError(f"method {method} needs attention weights, which {type(unwrap(model)).__name__} "
                              "does not have; use gradcam")
         if method == "rollout":
-            maps["attention rollout"] = attention_rollout(attention_maps(model, images), discard_ratio=discard_ratio)
+            maps["attention rollout"] = attention_rollout(attention_maps(model, images), discard_ratio=discard_ratio,
+                                                          num_prefix_tokens=prefix)
         elif method == "attention":
             which = "mean of heads" if head is None else f"head {head}"
             maps[f"attention, layer {layer}, {which}"] = class_token_attention(attention_maps(model, images), layer,
-                                                                               head)
+                                                                               head, num_prefix_tokens=prefix)
         else:
             maps["Grad-CAM"] = grad_cam(model, images, layer=layer)
     return maps

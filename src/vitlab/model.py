@@ -127,6 +127,7 @@ class ViT(nn.Module):
     family = "vit"
     config_class = ViTConfig
     has_attention_maps = True
+    num_prefix_tokens = 1  # tokens before the patches (the class token); DeiT adds a distillation token
 
     def __init__(self, config: ViTConfig | None = None, **overrides: Any) -> None:
         super().__init__()

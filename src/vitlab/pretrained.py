@@ -81,6 +81,9 @@ TIMM_NAMES: dict[str, str | tuple[str, ...]] = {
     "head": "head",
 }
 
+#: timm ``VisionTransformerDistilled`` (``deit_*_distilled_*``) -> :class:`vitlab.deit.DeiT`: one more token and head.
+TIMM_DEIT_NAMES: dict[str, str | tuple[str, ...]] = {**TIMM_NAMES, "dist_token": "dist_token", "head_dist": "head_dist"}
+
 #: torchvision ``VisionTransformer`` (``vit_b_16`` and friends).
 TORCHVISION_NAMES: dict[str, str | tuple[str, ...]] = {
     "patch_embed.proj": "conv_proj",                    # Conv2d (D, C, p, p) -> Linear (D, C*p*p)
@@ -216,7 +219,7 @@ def _grid_image_size(positions: int, prefix: int, patch_size: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- timm
-def _timm_config(model: nn.Module) -> ViTConfig:
+def _timm_config(model: nn.Module, distilled: bool = False) -> ViTConfig:
     """Read a timm ``VisionTransformer``'s config, refusing the variants vitlab's ViT does not implement."""
     block = model.blocks[0]
     unsupported = {
@@ -232,7 +235,6 @@ def _timm_config(model: nn.Module) -> ViTConfig:
         "an activation other than exact GELU": not (isinstance(block.mlp.act, nn.GELU)
                                                     and block.mlp.act.approximate == "none"),
         "attention pooling": getattr(model, "attn_pool", None) is not None,
-        "a distillation token (DeiT's distilled model)": getattr(model, "dist_token", None) is not None,
     }
     found = [name for name, present in unsupported.items() if present]
     if found:
@@ -248,13 +250,21 @@ def _timm_config(model: nn.Module) -> ViTConfig:
                      norm_eps=block.norm1.eps, positional="learned", pool="cls")
 
 
-def _timm_config_from_state(state: Mapping[str, Tensor], heads: int | None, norm_eps: float) -> ViTConfig:
+def _timm_config_from_state(state: Mapping[str, Tensor], heads: int | None, norm_eps: float,
+                            distilled: bool = False) -> ViTConfig:
     dim, channels, patch, _ = state["patch_embed.proj.weight"].shape
-    return ViTConfig(image_size=_grid_image_size(state["pos_embed"].shape[1], 1, patch), in_channels=channels,
+    prefix = 2 if distilled else 1
+    return ViTConfig(image_size=_grid_image_size(state["pos_embed"].shape[1], prefix, patch), in_channels=channels,
                      patch_size=patch, num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
                      dim=dim, depth=_depth(list(state), r"blocks\.(\d+)\."), heads=_default_heads(dim, heads),
                      mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
                      qkv_bias="blocks.0.attn.qkv.bias" in state, norm_eps=norm_eps)
+
+
+def _as_deit(config: ViTConfig) -> ViT:
+    from .deit import DeiT, DeiTConfig
+
+    return DeiT(DeiTConfig(**dataclasses.asdict(config)))
 
 
 def from_timm(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, heads: int | None = None,
@@ -264,13 +274,19 @@ def from_timm(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, heads: i
     Given the model, its config is read from it; given a state dict, it is inferred from the tensor
     shapes (``heads``: see :data:`STANDARD_HEADS`; ``norm_eps``: timm's 1e-6). Variants vitlab does not
     implement (layer scale, registers, average pooling, ...) are refused with a message naming them.
+    A distilled DeiT (``VisionTransformerDistilled``, with its distillation token) becomes a
+    :class:`vitlab.deit.DeiT`.
     """
     if isinstance(model_or_state_dict, nn.Module):
-        config = _timm_config(model_or_state_dict)
         state = model_or_state_dict.state_dict()
+        config = _timm_config(model_or_state_dict, distilled="dist_token" in state)
     else:
         state = dict(model_or_state_dict)
-        config = _timm_config_from_state(state, heads, norm_eps)
+        config = _timm_config_from_state(state, heads, norm_eps, distilled="dist_token" in state)
+    if "dist_token" in state:
+        model = _as_deit(config)
+        model.load_state_dict(convert_state_dict(state, TIMM_DEIT_NAMES, model, "timm"))
+        return model.eval()
     return _build(config, convert_state_dict(state, TIMM_NAMES, ViT(config), "timm"))
 
 
@@ -400,7 +416,7 @@ def _vitlab_config_from_state(state: Mapping[str, Tensor], heads: int | None) ->
     if positions is None:
         raise CheckpointError("vitlab weights without a learned position table need their config.json: load the "
                               "run folder instead of the weights file")
-    grid = math.isqrt(positions - 1)
+    grid = math.isqrt(positions - (2 if "dist_token" in state else 1))
     patch = math.isqrt(features // 3) if features % 3 == 0 and math.isqrt(features // 3) ** 2 * 3 == features \
         else math.isqrt(features)
     channels = features // (patch * patch)
@@ -427,7 +443,7 @@ def from_state_dict(state: Mapping[str, Tensor], *, heads: int | None = None,
                                   "model folder) so the heads, sizes and LayerNorm epsilon are known")
         return from_hf(state, hf_config)
     config = _vitlab_config_from_state(state, heads)
-    model = ViT(config)
+    model = _as_deit(config) if "dist_token" in state else ViT(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -480,11 +496,12 @@ def adapt(model: ViT, num_classes: int | None = None, image_size: int | None = N
     new_input = input_size or config.input_size or new_image
     new_config = dataclasses.replace(config, image_size=new_image,
                                      input_size=None if new_input == new_image else new_input)
-    adapted = ViT(new_config).to(next(model.parameters()).device)
+    adapted = type(model)(new_config).to(next(model.parameters()).device)
     state = model.state_dict()
     if new_config.image_size != config.image_size and config.positional == "learned":
         grid = new_config.image_size // new_config.patch_size
-        state["pos_embed.table"] = resample_position_table(state["pos_embed.table"], grid)
+        state["pos_embed.table"] = resample_position_table(state["pos_embed.table"], grid,
+                                                           num_prefix_tokens=model.num_prefix_tokens)
     elif config.positional == "sinusoidal":
         state["pos_embed.table"] = adapted.state_dict()["pos_embed.table"]
     adapted.load_state_dict(state)

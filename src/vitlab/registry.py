@@ -33,6 +33,7 @@ __all__ = ["FAMILY_MODULES", "ModelEntry", "register_model", "get_model", "model
 FAMILY_MODULES: tuple[str, ...] = (
     "vitlab.model",   # ViT presets (vit_seed, vit_mnist, vit_cifar, vit_cifar_small)
     "vitlab.cnn",     # CNN baselines (resnet18, vgg11, simple_cnn)
+    "vitlab.deit",    # DeiT: a ViT with a distillation token (deit_mnist, deit_cifar_small)
 )
 
 

@@ -57,6 +57,19 @@ def _family(run: dict[str, Any]) -> str:
     return {"vit": "ViT", "cnn": "CNN"}.get(family, family)
 
 
+def _model_label(run: dict[str, Any]) -> str:
+    """The model's name, plus how it was taught when a teacher was involved (e.g.
+    ``deit_mnist (hard distillation from mnist-simple_cnn)``)."""
+    train = run["config"].get("train", {})
+    name = run["metrics"]["model"]
+    if train.get("distill", "none") != "none":
+        teacher = str(train.get("teacher", "?")).rstrip("/").split("/")[-1]
+        return f"{name} ({train['distill']} distillation from {teacher})"
+    if run["config"]["model"].get("family") == "deit":
+        return f"{name} (no teacher)"
+    return name
+
+
 def _is_transformer(run: dict[str, Any]) -> bool:
     """Whether the run's model family is a transformer (its registered class has attention maps)."""
     from .registry import family_class
@@ -159,7 +172,7 @@ def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
     made.append(name)
 
     classes = list(runs[0]["metrics"]["per_class_accuracy"])
-    models = [r["metrics"]["model"] for r in runs]
+    models = [_model_label(r) for r in runs]
     per_class = {(m if models.count(m) == 1 else f"{m} [{r['name']}]"):
                  list(r["metrics"]["per_class_accuracy"].values())
                  for m, r in zip(models, runs)}
@@ -389,7 +402,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         for run in group:
             m = run["metrics"]
             epochs_done = _amount_trained(run)
-            rows.append({"run": f"{out.name}/runs/{run['name']}", "model": m["model"], "family": _family(run),
+            rows.append({"run": f"{out.name}/runs/{run['name']}", "model": _model_label(run), "family": _family(run),
                          "transformer": _is_transformer(run),
                          "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
                          "mflops": _mflops(run), "train_time_s": m["train_time_s"],

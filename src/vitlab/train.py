@@ -48,6 +48,7 @@ __all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistCont
 
 Optimizer = Literal["adamw", "adam", "sgd"]
 Freeze = Literal["none", "backbone"]
+Distill = Literal["none", "soft", "hard"]
 
 #: Fine-tuning a pretrained model (``vitlab train --init``): the fields that replace the model's recipe.
 #: A lower peak learning rate than training from scratch (the features are already good: large steps
@@ -94,6 +95,13 @@ class TrainConfig(Config):
                                                           "probe); frozen layers also run in eval mode"))
     layer_decay: float = field(default=1.0, metadata=_help("layer-wise learning-rate decay: block i of L learns at "
                                                            "lr * decay^(L + 1 - i); 1 disables"))
+    teacher: str | None = field(default=None, metadata=_help("knowledge distillation: the teacher, a run folder or a "
+                                                             "pretrained spec (see vitlab.distill)"))
+    distill: Distill = field(default="none", metadata=_help("distillation loss: soft (KL to the teacher's softened "
+                                                            "probabilities) or hard (its argmax as a label)"))
+    distill_alpha: float = field(default=0.5, metadata=_help("weight of the distillation term (the labels get "
+                                                             "1 - alpha)"))
+    distill_tau: float = field(default=1.0, metadata=_help("temperature of soft distillation"))
 
     def __post_init__(self) -> None:
         super().__post_init__()  # optimizer: checked against its Literal type
@@ -116,6 +124,12 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"TrainConfig.grad_clip must be positive, or None to disable, got {self.grad_clip}")
+        if (self.teacher is None) != (self.distill == "none"):
+            raise ConfigError("distillation needs both a teacher and a kind: --teacher RUN --distill soft|hard "
+                              f"(got teacher={self.teacher!r}, distill={self.distill!r})")
+        if not 0.0 <= self.distill_alpha <= 1.0 or not self.distill_tau > 0:
+            raise ConfigError(f"TrainConfig.distill_alpha must be in [0, 1] and distill_tau positive, got "
+                              f"{self.distill_alpha} and {self.distill_tau}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"TrainConfig.layer_decay must be in (0, 1] (1 disables it), got {self.layer_decay}")
         if self.augment not in AUGMENTATIONS:
@@ -172,15 +186,27 @@ def autocast_context(device: torch.device, amp: bool = True) -> AbstractContextM
     return nullcontext()
 
 
+Criterion = Callable[[Tensor, Any, Tensor], Tensor]
+
+
 def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
                config: TrainConfig, autocast: AbstractContextManager[Any] | None = None,
-               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[Tensor, Tensor]:
-    """One optimizer step: forward, (label-smoothed) cross-entropy, backward, gradient clipping,
-    optimizer and scheduler step. ``images (B, C, H, W)``, ``labels (B,)`` -> ``(loss (), logits (B, classes))``,
-    both detached."""
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+               criterion: Criterion | None = None) -> tuple[Tensor, Tensor]:
+    """One optimizer step: forward, loss, backward, gradient clipping, optimizer and scheduler step.
+    ``images (B, C, H, W)``, ``labels (B,)`` -> ``(loss (), logits (B, classes))``, both detached.
+
+    The loss is the (label-smoothed) cross-entropy, or ``criterion(images, outputs, labels)`` (e.g.
+    :class:`vitlab.distill.DistillationLoss`, whose teacher sees the same batch). A model with two
+    heads (DeiT in training) returns a pair of logits; the returned logits are their mean, as in
+    evaluation."""
     with autocast if autocast is not None else nullcontext():
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        outputs = model(images)
+        if criterion is not None:
+            loss = criterion(images, outputs, labels)
+    if criterion is None:
+        loss = F.cross_entropy(outputs.float(), labels, label_smoothing=config.label_smoothing)
+    logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
@@ -193,8 +219,8 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, steps: int | None = None,
-                    dist: DistContext | None = None, description: str = "train", progress: bool = False
-                    ) -> dict[str, float]:
+                    dist: DistContext | None = None, description: str = "train", progress: bool = False,
+                    criterion: Criterion | None = None) -> dict[str, float]:
     """Train for one pass of ``loader`` (or its first ``steps`` batches).
 
     Returns ``{"train_loss", "train_accuracy", "train_samples", "train_images_per_s"}``, summed over
@@ -211,7 +237,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     for step, (images, labels) in enumerate(batches):
         if step >= steps:
             break
-        loss, logits = train_step(model, images, labels, optimizer, config, autocast, scheduler)
+        loss, logits = train_step(model, images, labels, optimizer, config, autocast, scheduler, criterion)
         totals += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double(),
                                torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
         if progress and step % 10 == 0:
@@ -238,10 +264,13 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     if not budget_s > 0:
         raise ValueError(f"time budget must be positive, got {budget_s}")
     device = pick_device(None if device is None else str(device))
+    from .distill import make_criterion
+
     probe = copy.deepcopy(model).to(device)
     if config.freeze == "backbone":
         freeze_backbone(probe)
     set_train_mode(probe)
+    criterion = make_criterion(probe, config, device)  # a teacher's forward pass is part of every step
     optimizer = make_optimizer(probe, config)
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment))
@@ -258,7 +287,7 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     for step, (images, labels) in enumerate(batches()):  # timed from batch fetch (with augmentation) to step end
         if step == probe_steps + 2:
             break
-        train_step(probe, images, labels, optimizer, config, autocast)
+        train_step(probe, images, labels, optimizer, config, autocast, criterion=criterion)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= 2:  # the first steps pay one-off allocation costs
@@ -477,6 +506,9 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
     if steps_per_epoch == 0:
         raise ValueError(f"training set of {len(train_set)} images is smaller than one batch of {config.batch_size}"
                          + (f" per process ({dist.world_size} processes)" if dist.enabled else ""))
+    from .distill import make_criterion
+
+    criterion = make_criterion(model, config, device)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch), config.min_lr / config.lr))
@@ -512,7 +544,8 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
         # The peak group's rate (with layer decay, the head's; the embeddings' is lower).
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": max(group["lr"] for group in optimizer.param_groups)}
         row.update(train_one_epoch(train_model, loader, optimizer, config, scheduler, steps=steps_per_epoch,
-                                   dist=dist, description=f"epoch {epoch + 1}/{config.epochs}", progress=show))
+                                   dist=dist, description=f"epoch {epoch + 1}/{config.epochs}", progress=show,
+                                   criterion=criterion))
         if val_set is not None and len(val_set):
             val = evaluate(model, val_set, config.eval_batch_size, device, dist, amp=config.amp)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
