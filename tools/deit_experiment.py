@@ -48,7 +48,8 @@ def run_one(job: dict[str, Any]) -> tuple[str, float, float]:
     run = Run(job["out"])
     if not run.is_finished():
         train_run(job["model"], job["dataset"], job["out"], recipe=job["recipe"], seed=job["seed"],
-                  device=job["device"], progress=False, verbose=False, resume=run.has_state(), command=job["command"])
+                  device=job["device"], progress=False, verbose=False, resume=run.has_state(), command=job["command"],
+                  experiment="deit")
     metrics = run.metrics()
     return run.name, metrics["test_accuracy"], metrics["train_time_s"]
 

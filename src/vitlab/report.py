@@ -10,6 +10,7 @@ comparisons, and conclusions computed from the numbers (never typed in by hand).
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +69,22 @@ def _model_label(run: dict[str, Any]) -> str:
     if run["config"]["model"].get("family") == "deit":
         return f"{name} (no teacher)"
     return name
+
+
+def _seed_summary(group: list[dict[str, Any]]) -> list[str]:
+    """Mean ± standard deviation over seeds for every model that ran with several seeds (else nothing), and
+    the gain of each over the plain ViT and the teacher of the group, where there is one."""
+    by_label: dict[str, list[float]] = {}
+    for run in group:
+        by_label.setdefault(_model_label(run), []).append(100 * run["metrics"]["test_accuracy"])
+    if all(len(v) < 2 for v in by_label.values()):
+        return []
+    lines = ["", "Mean over seeds (the spread is the standard deviation between seeds):", "",
+             "| model | seeds | mean test accuracy | spread |", "|---|---:|---:|---:|"]
+    for label, values in sorted(by_label.items(), key=lambda kv: -_mean_std(kv[1])[0]):
+        mean, std = _mean_std(values)
+        lines.append(f"| {label} | {len(values)} | {mean:.2f} % | {std:.2f} |")
+    return lines
 
 
 def _is_transformer(run: dict[str, Any]) -> bool:
@@ -145,7 +162,7 @@ def _figures(runs: list[dict[str, Any]], dataset: str, out: Path) -> list[str]:
     from .plots import plot_per_class
 
     made = []
-    slug = dataset.replace(":", "_").replace("/", "_")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for run in runs:
         history = run["history"]
@@ -370,7 +387,9 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         if not _is_transfer(run):
-            by_dataset.setdefault(run["metrics"]["dataset"], []).append(run)
+            experiment = run["config"].get("experiment")
+            key = run["metrics"]["dataset"] + (f" ({experiment} experiment)" if experiment else "")
+            by_dataset.setdefault(key, []).append(run)
     transfer = [run for run in runs if _is_transfer(run)]
 
     md = [f"# {title}", "",
@@ -418,6 +437,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
             md.append(f"| {r['model']} | {r['family']} | {r['accuracy']:.2f} % | {r['n']:,} | {r['params']:,} | "
                       f"{mflops} | {r['epochs_done']}, {_fmt_time(r['train_time_s'])} | "
                       f"{r['images_per_s'] or 0:,.0f} | `{r['run']}` |")
+        md += _seed_summary(group)
         md += ["", "Recipes and commands:", ""]
         for run in group:
             train_n = _train_n(run)

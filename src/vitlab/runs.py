@@ -344,7 +344,7 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
               classes: Sequence[str | int] | None = None, init: str | os.PathLike[str] | None = None,
               image_size: int | None = None, time_budget: float | None = None, resume: bool = False,
               device: str | torch.device | None = None, progress: bool = True, verbose: bool = True,
-              command: str | None = None) -> Run:
+              command: str | None = None, experiment: str | None = None) -> Run:
     """Train a registered model on a dataset, evaluate it on the test split, and return its :class:`Run`.
 
     ``model``: a registered name (:func:`vitlab.registry.model_names`; register a new architecture with
@@ -358,6 +358,8 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     Interrupted with Ctrl-C, it raises ``KeyboardInterrupt`` after the last finished epoch was saved.
 
     ``classes`` (names or indices) trains on those classes of the dataset only (relabelled in that order).
+    ``experiment`` names the comparison the run belongs to (recorded in ``config.json``; the report
+    gives each experiment its own section).
 
     Fine-tuning: ``init`` is anything :func:`vitlab.pretrained.load` accepts (a run folder, a weights
     file, ``timm:NAME``, ...); the architecture and weights come from it (``model`` is then ``None``),
@@ -448,6 +450,7 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
                     **({"class_subset": classes} if classes is not None else {}),
                     "mean": list(train_set.mean), "std": list(train_set.std)},
         **({"init": init_info} if init_info is not None else {}),
+        **({"experiment": experiment} if experiment else {}),
         **({"time_budget_s": time_budget} if time_budget is not None else {}),
     }
     dist = DistContext.from_env(device.type)
