@@ -87,6 +87,42 @@ def _seed_summary(group: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _teacher_names(group: list[dict[str, Any]]) -> set[str]:
+    """Run names (folder names) of the teachers the group's runs distilled from."""
+    return {str(r["config"]["train"]["teacher"]).rstrip("/").split("/")[-1] for r in group
+            if r["config"].get("train", {}).get("teacher")}
+
+
+def _distillation_lines(group: list[dict[str, Any]]) -> list[str]:
+    """For a group with distilled students: each student's mean gain over the plain ViT of the group, and
+    whether any beat its teacher (means over seeds, with the seed count)."""
+    distilled = [r for r in group if r["config"].get("train", {}).get("distill", "none") != "none"]
+    if not distilled:
+        return []
+    teachers = [r for r in group if r["name"] in _teacher_names(distilled)]
+    plain = [r for r in group if r["config"]["model"].get("family") == "vit"]
+    by_label: dict[str, list[float]] = {}
+    for run in group:
+        if run not in teachers:
+            by_label.setdefault(_model_label(run), []).append(100 * run["metrics"]["test_accuracy"])
+    lines = []
+    if plain:
+        base_label = _model_label(plain[0])
+        base, _ = _mean_std(by_label[base_label])
+        gains = [f"{label} {mean - base:+.2f} points ({len(values)} seed{'s' if len(values) > 1 else ''})"
+                 for label, values in by_label.items() if label != base_label
+                 for mean in [_mean_std(values)[0]]]
+        lines.append(f"Against the plain ViT ({base_label}, {base:.2f} % on average): " + "; ".join(gains) + ".")
+    for teacher in teachers:
+        accuracy = 100 * teacher["metrics"]["test_accuracy"]
+        best_label, best_values = max(by_label.items(), key=lambda kv: _mean_std(kv[1])[0])
+        best = _mean_std(best_values)[0]
+        verdict = "beats" if best > accuracy else "does not beat"
+        lines.append(f"The teacher ({_model_label(teacher)}, run `{teacher['name']}`) scored {accuracy:.2f} %; "
+                     f"the best student on average ({best_label}, {best:.2f} %) {verdict} it.")
+    return lines
+
+
 def _is_transformer(run: dict[str, Any]) -> bool:
     """Whether the run's model family is a transformer (its registered class has attention maps)."""
     from .registry import family_class
@@ -237,6 +273,11 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
             others = [r["model"] for r in rows if not r.get("time_budget_s")]
             if others:
                 lines.append(f"{', '.join(others)} trained for a fixed number of epochs instead (not budgeted).")
+        elif len(students := [r for r in rows if r["run"].split("/")[-1] not in _teacher_names(runs)]) > 1 and \
+                len({r["epochs_done"] for r in students if not r["time_budget_s"]}) == 1:
+            lines.append(f"Every student trained the same amount ({students[0]['epochs_done']}): equal optimizer "
+                         "steps, not equal time (see the training column for the time each took; a distilled step "
+                         "also runs the teacher).")
         else:
             lines.append("Training times differ between runs (see the table): compare accuracy together with time.")
     speeds = [r for r in rows if r["images_per_s"]]
@@ -246,10 +287,11 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
         lines.append(f"Training throughput on this machine ranged from {slow['images_per_s']:,.0f} images/s "
                      f"({slow['model']}) to {fast['images_per_s']:,.0f} images/s ({fast['model']}), a factor of "
                      f"{fast['images_per_s'] / slow['images_per_s']:.1f}.")
+    lines += _distillation_lines(runs)
     for run in runs:
         pairs = _confused_pairs(run)
         if pairs:
-            lines.append(f"{run['metrics']['model']}'s most frequent confusions (true → predicted): "
+            lines.append(f"{_model_label(run)}'s most frequent confusions (true → predicted): "
                          + ", ".join(f"{a} → {b} ({n})" for a, b, n in pairs) + ".")
     return lines
 
