@@ -191,3 +191,30 @@ def test_distillation_runs_from_the_command_line(teacher_run, tmp_path, capsys):
                  "--classes", "left", "--teacher", str(teacher.path), "--distill", "hard", "--epochs", "1",
                  "--batch-size", "8", "--out", str(tmp_path / "wrong"), "--quiet"])
     assert code == 2 and "predicts 2 classes but the student predicts 1" in capsys.readouterr().err
+
+
+def test_the_report_gives_an_experiment_its_own_section_with_gains_and_the_teacher(teacher_run, tmp_path):
+    """Runs tagged with an experiment are reported together: each model labelled with how it was taught, the
+    mean over seeds, each student's gain over the plain ViT, and whether the best beats the teacher."""
+    from vitlab.report import build_report
+
+    teacher, data = teacher_run
+    common = dict(model_args={"image_size": 16, "in_channels": 3}, progress=False, verbose=False,
+                  experiment="distil-test")
+    runs = [train_run("vit_seed", f"folder:{data}", tmp_path / f"vit-s{seed}", seed=seed,
+                      recipe={"epochs": 1, "batch_size": 8}, **common) for seed in (0, 1)]
+    runs.append(train_run("deit_cifar_small", f"folder:{data}", tmp_path / "deit-hard", seed=0,
+                          recipe={"epochs": 1, "batch_size": 8, "teacher": str(teacher.path), "distill": "hard"},
+                          **{**common, "model_args": {"image_size": 16}}))
+    import shutil
+
+    tagged_teacher = shutil.copytree(teacher.path, tmp_path / teacher.path.name)
+    config = Run(tagged_teacher).config()
+    Run(tagged_teacher).write_config({**config, "experiment": "distil-test"})
+    text = build_report([r.path for r in runs] + [tagged_teacher], tmp_path / "report").read_text()
+    assert "(distil-test experiment)" in text and "Mean over seeds" in text
+    assert f"deit_cifar_small (hard distillation from {teacher.path.name})" in text
+    vit = sum(100 * r.metrics()["test_accuracy"] for r in runs[:2]) / 2
+    gain = 100 * runs[2].metrics()["test_accuracy"] - vit
+    assert f"Against the plain ViT (vit_seed, {vit:.2f} % on average)" in text and f"{gain:+.2f} points" in text
+    assert f"The teacher (simple_cnn, run `{teacher.path.name}`) scored" in text
