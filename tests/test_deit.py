@@ -218,3 +218,20 @@ def test_the_report_gives_an_experiment_its_own_section_with_gains_and_the_teach
     gain = 100 * runs[2].metrics()["test_accuracy"] - vit
     assert f"Against the plain ViT (vit_seed, {vit:.2f} % on average)" in text and f"{gain:+.2f} points" in text
     assert f"The teacher (simple_cnn, run `{teacher.path.name}`) scored" in text
+
+
+def test_a_teacher_of_other_classes_or_statistics_is_caught(teacher_run, tmp_path, capsys):
+    """Same number of classes is not enough: the teacher's classes must be the student's, in order; a teacher
+    standardized with other statistics sees the batch re-standardized to its own."""
+    from vitlab.distill import Renormalize
+
+    teacher, data = teacher_run
+    code = main(["train", "--model", "deit_cifar_small", "--model-arg", "image_size=16", "--dataset", f"folder:{data}",
+                 "--classes", "right,left", "--teacher", str(teacher.path), "--distill", "hard", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(tmp_path / "swapped"), "--quiet"])
+    assert code == 2 and "trained on the classes ['left', 'right']" in capsys.readouterr().err
+    pixels = torch.rand(2, 3, 4, 4)
+    student_stats, teacher_stats = ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]), ([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
+    as_student = (pixels - torch.tensor(student_stats[0]).view(1, 3, 1, 1)) / torch.tensor(student_stats[1]).view(1, 3, 1, 1)
+    as_teacher = (pixels - torch.tensor(teacher_stats[0]).view(1, 3, 1, 1)) / torch.tensor(teacher_stats[1]).view(1, 3, 1, 1)
+    assert torch.allclose(Renormalize(student_stats, teacher_stats)(as_student), as_teacher, atol=1e-6)

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["soft_distillation_loss", "hard_distillation_loss", "DistillationLoss", "load_teacher", "make_criterion",
-           "split_outputs"]
+__all__ = ["soft_distillation_loss", "hard_distillation_loss", "DistillationLoss", "Renormalize", "load_teacher",
+           "make_criterion", "split_outputs"]
 
 Outputs = Tensor | tuple[Tensor, Tensor]
 
@@ -110,6 +110,21 @@ class DistillationLoss(nn.Module):
         return (1.0 - self.alpha) * label_loss + self.alpha * teacher_loss
 
 
+class Renormalize(nn.Module):
+    """Re-standardize a batch from the student's statistics to the teacher's:
+    ``x * std_s + mean_s`` gives the [0, 1] pixels back, then ``(pixels - mean_t) / std_t``.
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``."""
+
+    def __init__(self, student: tuple[list[float], list[float]], teacher: tuple[list[float], list[float]]) -> None:
+        super().__init__()
+        for name, values in (("mean_s", student[0]), ("std_s", student[1]), ("mean_t", teacher[0]),
+                             ("std_t", teacher[1])):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images * self.std_s + self.mean_s - self.mean_t) / self.std_t
+
+
 def load_teacher(spec: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
     """A teacher model from a vitlab run folder (any family, e.g. a CNN from ``make baselines``) or any
     spec of :func:`vitlab.pretrained.load`; in eval mode, frozen, on ``device``."""
@@ -125,13 +140,34 @@ def load_teacher(spec: str | os.PathLike[str], device: torch.device | str = "cpu
     return teacher.eval().requires_grad_(False)
 
 
-def make_criterion(model: nn.Module, config: TrainConfig, device: torch.device | str = "cpu"
-                   ) -> Callable[[Tensor, Any, Tensor], Tensor] | None:
+def _match_data(teacher: nn.Module, spec: str, data: Any, device: torch.device | str) -> nn.Module:
+    """Check a run-folder teacher's classes against the student's data, and put a :class:`Renormalize` in
+    front of it when the two were standardized with different statistics."""
+    from .runs import Run
+
+    run = Run(spec)
+    if data is None or not run.exists():
+        return teacher
+    recorded = run.config().get("dataset", {})
+    if recorded.get("classes") and list(recorded["classes"]) != list(data.classes):
+        raise ValueError(f"the teacher {spec} was trained on the classes {recorded['classes']}, the student's data "
+                         f"has {list(data.classes)}: the teacher's logits would mean other classes")
+    theirs = (recorded.get("mean"), recorded.get("std"))
+    mine = (list(data.mean), list(data.std))
+    if None in theirs or (list(theirs[0]), list(theirs[1])) == mine:
+        return teacher
+    return nn.Sequential(Renormalize(mine, (list(theirs[0]), list(theirs[1]))), teacher).to(device).eval()
+
+
+def make_criterion(model: nn.Module, config: TrainConfig, device: torch.device | str = "cpu",
+                   data: Any = None) -> Callable[[Tensor, Any, Tensor], Tensor] | None:
     """The loss ``fit`` trains ``model`` with: ``None`` (plain cross-entropy) for a one-head model without
     a teacher, else a :class:`DistillationLoss` (a two-head DeiT always needs one, teacher or not).
 
     Checks what can be checked before the first step: the teacher exists and predicts as many classes
-    as the student."""
+    as the student from images of the same size and channels; given the student's training set
+    (``data``) and a teacher run folder, its classes must be the same, in the same order, and a
+    teacher trained with other normalization statistics gets the batch re-standardized to its own."""
     from .checkpoint import unwrap
 
     net = unwrap(model)
@@ -151,4 +187,5 @@ def make_criterion(model: nn.Module, config: TrainConfig, device: torch.device |
         if None not in (a, b) and a != b:
             raise ValueError(f"the teacher {config.teacher} takes {b}x{b} images but the student {a}x{a}: the teacher "
                              "sees the student's batch, so both must take the same image size")
+        teacher = _match_data(teacher, config.teacher, data, device)
     return DistillationLoss(teacher, config.distill, config.distill_alpha, config.distill_tau, config.label_smoothing)

@@ -219,7 +219,7 @@ def _grid_image_size(positions: int, prefix: int, patch_size: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- timm
-def _timm_config(model: nn.Module, distilled: bool = False) -> ViTConfig:
+def _timm_config(model: nn.Module) -> ViTConfig:
     """Read a timm ``VisionTransformer``'s config, refusing the variants vitlab's ViT does not implement."""
     block = model.blocks[0]
     unsupported = {
@@ -279,7 +279,7 @@ def from_timm(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, heads: i
     """
     if isinstance(model_or_state_dict, nn.Module):
         state = model_or_state_dict.state_dict()
-        config = _timm_config(model_or_state_dict, distilled="dist_token" in state)
+        config = _timm_config(model_or_state_dict)
     else:
         state = dict(model_or_state_dict)
         config = _timm_config_from_state(state, heads, norm_eps, distilled="dist_token" in state)

@@ -204,7 +204,9 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
         outputs = model(images)
         if criterion is not None:
             loss = criterion(images, outputs, labels)
-    if criterion is None:
+    if criterion is None and isinstance(outputs, tuple):  # two heads, no teacher: both learn from the labels
+        loss = sum(F.cross_entropy(o.float(), labels, label_smoothing=config.label_smoothing) for o in outputs) / 2
+    elif criterion is None:
         loss = F.cross_entropy(outputs.float(), labels, label_smoothing=config.label_smoothing)
     logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
     optimizer.zero_grad(set_to_none=True)
@@ -270,7 +272,7 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     if config.freeze == "backbone":
         freeze_backbone(probe)
     set_train_mode(probe)
-    criterion = make_criterion(probe, config, device)  # a teacher's forward pass is part of every step
+    criterion = make_criterion(probe, config, device, train_set)  # a teacher's forward pass is part of every step
     optimizer = make_optimizer(probe, config)
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment))
@@ -508,7 +510,7 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
                          + (f" per process ({dist.world_size} processes)" if dist.enabled else ""))
     from .distill import make_criterion
 
-    criterion = make_criterion(model, config, device)
+    criterion = make_criterion(model, config, device, train_set)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch), config.min_lr / config.lr))
