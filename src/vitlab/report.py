@@ -36,10 +36,13 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
-def recorded_runs(dataset: str | None = None) -> list[dict[str, Any]]:
+def recorded_runs(dataset: str | None = None, experiment: str | None = None) -> list[dict[str, Any]]:
     """The runs behind the committed report (``reports/runs/*``), optionally only one dataset's.
 
-    Lessons use these to show the measured comparison without retraining every model.
+    ``experiment``: only the runs of that experiment (``config.json``'s ``experiment``, e.g. ``"deit"``);
+    by default only runs that belong to none, so a lesson reading the baseline comparison does not
+    pick up an experiment's runs of the same models. Lessons use these to show the measured
+    comparison without retraining every model.
     """
     from .checkpoint import repository_candidates
 
@@ -49,7 +52,8 @@ def recorded_runs(dataset: str | None = None) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"no recorded runs (looked in {', '.join(str(c) for c in candidates)}); "
                                 "they are committed in the repository's reports/runs/ folder")
     runs = load_runs(sorted(p for p in folder.iterdir() if (p / "metrics.json").is_file()))
-    return [r for r in runs if dataset is None or r["metrics"]["dataset"] == dataset]
+    return [r for r in runs if (dataset is None or r["metrics"]["dataset"] == dataset)
+            and r["config"].get("experiment") == experiment]
 
 
 def _family(run: dict[str, Any]) -> str:
