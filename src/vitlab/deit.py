@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .model import PRESETS, ViT, ViTConfig
+from .model import PRESETS, ViT, ViTConfig, zero_head
 from .registry import get_model, register_model
 
 __all__ = ["DeiTConfig", "DeiT"]
@@ -75,13 +75,7 @@ class DeiT(ViT):
     def reset_classifier(self, num_classes: int) -> None:
         """New zero-initialized class and distillation heads (see :meth:`ViT.reset_classifier`)."""
         super().reset_classifier(num_classes)
-        device = self.dist_token.device
-        if num_classes:
-            self.head_dist = nn.Linear(self.config.dim, num_classes, device=device)
-            nn.init.zeros_(self.head_dist.weight)
-            nn.init.zeros_(self.head_dist.bias)
-        else:
-            self.head_dist = nn.Identity()
+        self.head_dist = zero_head(self.config.dim, num_classes, self.dist_token.device)
 
     def layer_id(self, parameter_name: str) -> int:
         return 0 if parameter_name == "dist_token" else super().layer_id(parameter_name)

@@ -184,13 +184,7 @@ class ViT(nn.Module):
         paper fine-tunes with a single linear layer). The config is updated to match."""
         self.config = dataclasses.replace(self.config, num_classes=num_classes, representation_size=None)
         self.pre_logits = nn.Identity()
-        device = next(self.parameters()).device
-        if num_classes:
-            self.head = nn.Linear(self.config.num_features, num_classes, device=device)
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
+        self.head = zero_head(self.config.num_features, num_classes, next(self.parameters()).device)
 
     @property
     def num_layers(self) -> int:
@@ -251,6 +245,17 @@ class ViT(nn.Module):
         """``(N, T, dim)`` normalized tokens ``-> (N, classes)`` logits (``(N, num_features)`` features
         when ``num_classes=0``): pool, pre-logits, head."""
         return self.head(self.pre_logits(self.pool(features)))
+
+
+def zero_head(in_features: int, num_classes: int, device: torch.device | str | None = None) -> nn.Module:
+    """A zero-initialized linear classifier ``(N, in_features) -> (N, num_classes)`` for fine-tuning
+    (the identity when ``num_classes`` is 0: a feature extractor)."""
+    if not num_classes:
+        return nn.Identity()
+    head = nn.Linear(in_features, num_classes, device=device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

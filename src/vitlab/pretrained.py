@@ -183,9 +183,10 @@ def convert_state_dict(source: Mapping[str, Tensor], table: Mapping[str, str | t
     return converted
 
 
-def _build(config: ViTConfig, state: Mapping[str, Tensor]) -> ViT:
-    model = ViT(config)
-    model.load_state_dict(state)
+def _load_converted(model: ViT, state: Mapping[str, Tensor], table: Mapping[str, str | tuple[str, ...]],
+                    library: str, ignore: Sequence[str] = ()) -> ViT:
+    """``model`` with ``state`` converted into it (one model: its names are the targets, then it is filled)."""
+    model.load_state_dict(convert_state_dict(state, table, model, library, ignore))
     return model.eval()
 
 
@@ -284,10 +285,8 @@ def from_timm(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, heads: i
         state = dict(model_or_state_dict)
         config = _timm_config_from_state(state, heads, norm_eps, distilled="dist_token" in state)
     if "dist_token" in state:
-        model = _as_deit(config)
-        model.load_state_dict(convert_state_dict(state, TIMM_DEIT_NAMES, model, "timm"))
-        return model.eval()
-    return _build(config, convert_state_dict(state, TIMM_NAMES, ViT(config), "timm"))
+        return _load_converted(_as_deit(config), state, TIMM_DEIT_NAMES, "timm")
+    return _load_converted(ViT(config), state, TIMM_NAMES, "timm")
 
 
 # -------------------------------------------------------------------------------------------- torchvision
@@ -331,7 +330,7 @@ def from_torchvision(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, h
     else:
         state = _torchvision_legacy_names(model_or_state_dict)
         config = _torchvision_config_from_state(state, heads, norm_eps)
-    return _build(config, convert_state_dict(state, TORCHVISION_NAMES, ViT(config), "torchvision"))
+    return _load_converted(ViT(config), state, TORCHVISION_NAMES, "torchvision")
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face
@@ -392,7 +391,7 @@ def from_hf(model_or_state_dict: nn.Module | Mapping[str, Tensor], config: Mappi
     # ViTModel(use_mask_token=True)'s mask token only serves masked image modelling; a pooler beside a
     # classifier is unused by ViTForImageClassification.
     ignore = [r"embeddings\.mask_token"] + ([r"pooler\..*"] if "classifier.weight" in state else [])
-    return _build(vit_config, convert_state_dict(state, HF_NAMES, ViT(vit_config), "Hugging Face", ignore))
+    return _load_converted(ViT(vit_config), state, HF_NAMES, "Hugging Face", ignore)
 
 
 # -------------------------------------------------------------------------------------- any state dict

@@ -75,12 +75,17 @@ def _model_label(run: dict[str, Any]) -> str:
     return name
 
 
-def _seed_summary(group: list[dict[str, Any]]) -> list[str]:
-    """Mean ± standard deviation over seeds for every model that ran with several seeds (else nothing), and
-    the gain of each over the plain ViT and the teacher of the group, where there is one."""
+def _accuracies_by_label(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Test accuracies (%) of the runs, grouped by model label (one entry per seed)."""
     by_label: dict[str, list[float]] = {}
-    for run in group:
+    for run in runs:
         by_label.setdefault(_model_label(run), []).append(100 * run["metrics"]["test_accuracy"])
+    return by_label
+
+
+def _seed_summary(group: list[dict[str, Any]]) -> list[str]:
+    """Mean ± standard deviation over seeds for every model that ran with several seeds (else nothing)."""
+    by_label = _accuracies_by_label(group)
     if all(len(v) < 2 for v in by_label.values()):
         return []
     lines = ["", "Mean over seeds (the spread is the standard deviation between seeds):", "",
@@ -105,10 +110,7 @@ def _distillation_lines(group: list[dict[str, Any]]) -> list[str]:
         return []
     teachers = [r for r in group if r["name"] in _teacher_names(distilled)]
     plain = [r for r in group if r["config"]["model"].get("family") == "vit"]
-    by_label: dict[str, list[float]] = {}
-    for run in group:
-        if run not in teachers:
-            by_label.setdefault(_model_label(run), []).append(100 * run["metrics"]["test_accuracy"])
+    by_label = _accuracies_by_label([run for run in group if run not in teachers])
     lines = []
     if plain:
         base_label = _model_label(plain[0])

@@ -202,11 +202,13 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
     evaluation."""
     with autocast if autocast is not None else nullcontext():
         outputs = model(images)
+        if criterion is None and isinstance(outputs, tuple):  # two heads, no teacher: both learn from the labels
+            from .distill import DistillationLoss
+
+            criterion = DistillationLoss(None, label_smoothing=config.label_smoothing)
         if criterion is not None:
             loss = criterion(images, outputs, labels)
-    if criterion is None and isinstance(outputs, tuple):  # two heads, no teacher: both learn from the labels
-        loss = sum(F.cross_entropy(o.float(), labels, label_smoothing=config.label_smoothing) for o in outputs) / 2
-    elif criterion is None:
+    if criterion is None:
         loss = F.cross_entropy(outputs.float(), labels, label_smoothing=config.label_smoothing)
     logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
     optimizer.zero_grad(set_to_none=True)
