@@ -102,6 +102,23 @@ transfer: $(STAMP)
 deit: $(STAMP)
 	$(BIN)/python tools/deit_experiment.py --dataset mnist --out runs/deit --seeds 0 1
 
+# The report's Swin experiment (lesson 14): Swin vs ViT vs ResNet-18 with one recipe and one wall-clock budget per
+# dataset on one machine, on the full CIFAR-10 (10 minutes each) and on MNIST (325 s each, as the baselines); about
+# 47 minutes on a 2-core CPU. Recorded runs: runs/swin-*.
+SWIN_CIFAR_BUDGET_S := 600
+.PHONY: swin
+swin: $(STAMP)
+	for m in swin_cifar vit_cifar_small resnet18; do \
+		$(BIN)/python -m vitlab train --model $$m --dataset cifar10 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1 \
+			--label-smoothing 0.1 --augment cifar --time-budget $(SWIN_CIFAR_BUDGET_S) --experiment swin \
+			--out runs/swin-cifar10-$$m --quiet --resume || exit 1; \
+	done
+	for m in swin_mnist vit_mnist resnet18; do \
+		$(BIN)/python -m vitlab train --model $$m --dataset mnist --lr 2e-3 --weight-decay 0.05 --warmup-epochs 1 \
+			--augment digits --time-budget $(MNIST_BUDGET_S) --experiment swin --out runs/swin-mnist-$$m \
+			--quiet --resume || exit 1; \
+	done
+
 # Rebuild reports/REPORT.md from the recorded runs (or from RUNS="runs/a runs/b ...").
 RUNS ?= $(sort $(wildcard reports/runs/*))
 report: $(STAMP)

@@ -1,9 +1,9 @@
-"""Throughput benchmark: vitlab's ViT presets vs timm's VisionTransformer at identical configs.
+"""Throughput benchmark: vitlab's ViT and Swin presets vs timm's VisionTransformer and SwinTransformer.
 
     make bench                      (installs the `bench` extra: timm)
     python bench/bench.py --help
 
-For each preset it measures, in one process on the same machine:
+For each preset (timm's twin has the identical architecture) it measures, in one process on one machine:
   * training throughput: images/s of forward + backward + AdamW step (batch 128, fp32 on CPU,
     bf16 autocast on CUDA: vitlab.train.train_step, as training uses);
   * inference throughput: images/s of a no-grad forward (batch 512);
@@ -28,13 +28,25 @@ from pathlib import Path
 import torch
 
 import vitlab
-from vitlab.model import PRESETS, ViTConfig
+from vitlab.model import ViTConfig
+from vitlab.registry import create_model
 from vitlab.runs import count_flops
+from vitlab.swin import SwinConfig
 from vitlab.train import TrainConfig, autocast_context, train_step
 
 
-def timm_twin(config: ViTConfig) -> torch.nn.Module:
-    """timm's VisionTransformer with the same architecture (learned positions, class token, pre-norm)."""
+def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """timm's model with the same architecture: VisionTransformer for a ViT (learned positions, class
+    token, pre-norm), SwinTransformer for a Swin."""
+    config = model.config
+    if isinstance(config, SwinConfig):
+        from timm.models.swin_transformer import SwinTransformer
+
+        return SwinTransformer(img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
+                               num_classes=config.num_classes, embed_dim=config.embed_dim, depths=config.depths,
+                               num_heads=config.heads, window_size=config.window_size, mlp_ratio=config.mlp_ratio,
+                               qkv_bias=config.qkv_bias, drop_rate=0.0, proj_drop_rate=config.dropout,
+                               attn_drop_rate=config.attn_dropout, drop_path_rate=config.drop_path)
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
@@ -42,6 +54,16 @@ def timm_twin(config: ViTConfig) -> torch.nn.Module:
                              num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
                              class_token=True, global_pool="token", drop_rate=0.0, proj_drop_rate=config.dropout,
                              attn_drop_rate=config.attn_dropout, drop_path_rate=config.drop_path)
+
+
+def describe(config: ViTConfig | SwinConfig) -> dict:
+    """The columns that say what was measured (for a Swin: its first stage's tokens and width)."""
+    if isinstance(config, SwinConfig):
+        return {"patch": config.patch_size, "tokens": config.stage_resolutions[0] ** 2, "dim": config.embed_dim,
+                "depth": sum(config.depths), "heads": "/".join(map(str, config.heads)),
+                "window": config.window_size}
+    return {"patch": config.patch_size, "tokens": config.num_tokens, "dim": config.dim, "depth": config.depth,
+            "heads": config.heads, "positional": config.positional}
 
 
 def _sync(device: torch.device) -> None:
@@ -78,11 +100,11 @@ def infer_window(model, images, steps: int, device: torch.device) -> float:
 
 
 def bench_preset(name: str, device: torch.device, repeats: int, steps: int, with_timm: bool) -> list[dict]:
-    config = PRESETS[name]
     torch.manual_seed(0)
-    models = {"vitlab": vitlab.ViT(config).to(device)}
+    models = {"vitlab": create_model(name).to(device)}
+    config = models["vitlab"].config
     if with_timm:
-        models["timm"] = timm_twin(config).to(device)
+        models["timm"] = timm_twin(models["vitlab"]).to(device)
     batch = torch.randn(128, config.in_channels, config.image_size, config.image_size, device=device)
     labels = torch.randint(0, config.num_classes, (128,), device=device)
     big_batch = torch.randn(512, config.in_channels, config.image_size, config.image_size, device=device)
@@ -99,9 +121,7 @@ def bench_preset(name: str, device: torch.device, repeats: int, steps: int, with
     rows = []
     for k, m in models.items():
         rows.append({
-            "model": name, "implementation": k, "patch": config.patch_size, "tokens": config.num_tokens,
-            "dim": config.dim, "depth": config.depth, "heads": config.heads, "positional": config.positional
-            if k == "vitlab" else "learned",
+            "model": name, "implementation": k, **describe(config),
             "params": sum(p.numel() for p in m.parameters()),
             "mflops_per_image": count_flops(m, (config.in_channels, config.image_size, config.image_size)) / 1e6,
             "train_images_per_s": statistics.median(train_rates[k]),
@@ -134,7 +154,8 @@ def bench_data(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="vit_seed,vit_mnist,vit_cifar")
+    parser.add_argument("--models", default="vit_seed,vit_mnist,vit_cifar,swin_cifar",
+                        help="registered ViT or Swin models, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="timing windows per model (median reported)")
     parser.add_argument("--steps", type=int, default=8, help="training steps per window")
     parser.add_argument("--device", default="auto")
@@ -154,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models.split(","):
         rows += bench_preset(name.strip(), device, args.repeats, args.steps, with_timm)
-    header = (f"{'model':10} {'impl':7} {'patch':>5} {'tokens':>6} {'params':>10} {'MFLOPs/img':>10} "
+    header = (f"{'model':11} {'impl':7} {'patch':>5} {'tokens':>6} {'params':>10} {'MFLOPs/img':>10} "
               f"{'train img/s':>11} {'infer img/s':>11} {'train vs timm':>13}")
     print(header)
     print("-" * len(header))
     for row in rows:
         twin = next((r for r in rows if r["model"] == row["model"] and r["implementation"] == "timm"), None)
         ratio = f"{row['train_images_per_s'] / twin['train_images_per_s']:.2f}x" if twin and row is not twin else ""
-        print(f"{row['model']:10} {row['implementation']:7} {row['patch']:5d} {row['tokens']:6d} {row['params']:10,d} "
+        print(f"{row['model']:11} {row['implementation']:7} {row['patch']:5d} {row['tokens']:6d} {row['params']:10,d} "
               f"{row['mflops_per_image']:10.2f} {row['train_images_per_s']:11,.0f} {row['infer_images_per_s']:11,.0f} "
               f"{ratio:>13}")
     from vitlab.data import DatasetNotFoundError

@@ -67,3 +67,14 @@ def test_shipped_transfer_checkpoint_reproduces_its_test_accuracy():
     assert result["n"] == metrics["test_n"] == 5000
     # bf16 on the GPU vs fp32 here: at most 10 of the 5,000 predictions may differ.
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.002, (result["accuracy"], metrics["test_accuracy"])
+
+
+@pytest.mark.usefixtures("mnist_available")
+def test_shipped_swin_reproduces_its_test_accuracy():
+    """weights/mnist-swin_mnist, lesson 14's trained Swin: the recorded run of the Swin experiment."""
+    run = Run(shipped_run("mnist-swin_mnist"))
+    assert not (run.path / "checkpoint.pt").exists() and (run.path / "model.safetensors").stat().st_size < 2 * 2**20
+    assert run.config()["model"]["family"] == "swin" and run.config()["experiment"] == "swin"
+    result = evaluate(run.model(), run.dataset("test"), batch_size=1000)
+    assert result["n"] == run.metrics()["test_n"] == 10000
+    assert abs(result["accuracy"] - run.metrics()["test_accuracy"]) <= 0.0005, result["accuracy"]

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder to write")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--experiment", default=None, metavar="NAME",
+                       help="tag the run as part of an experiment (the report gives each experiment its section)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run folder's model on a dataset split",
                               formatter_class=_HelpFormatter)
@@ -178,7 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   model_args=_model_overrides(args.model_arg), seed=args.seed, data_root=args.data_root,
                   val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
                   test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
-                  time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet)
+                  time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
+                  experiment=args.experiment)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: say it once
             print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the "

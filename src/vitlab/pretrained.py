@@ -16,6 +16,7 @@ Conversions (each returns a ``ViT`` in eval mode; tests check equal logits to 1e
     from_timm(model_or_state_dict)          timm.models.VisionTransformer
     from_torchvision(model_or_state_dict)   torchvision.models.VisionTransformer
     from_hf(model_or_state_dict, config)    transformers ViTModel / ViTForImageClassification
+    from_timm(swin_model)                   timm.models.SwinTransformer -> vitlab.swin.Swin
 
 A state dict alone does not say how many attention heads the model has: the published widths are
 known (:data:`STANDARD_HEADS`: ViT-Ti/S/B/L/H), any other needs ``heads=``.
@@ -53,8 +54,9 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError
 from .model import ViT, ViTConfig
 
-__all__ = ["TIMM_NAMES", "TORCHVISION_NAMES", "HF_NAMES", "WeightsUnavailableError", "from_timm", "from_torchvision",
-           "from_hf", "from_state_dict", "resample_position_table", "adapt", "load", "convert_state_dict"]
+__all__ = ["TIMM_NAMES", "TIMM_SWIN_NAMES", "TORCHVISION_NAMES", "HF_NAMES", "WeightsUnavailableError", "from_timm",
+           "from_torchvision", "from_hf", "from_timm_swin", "from_state_dict", "resample_position_table", "adapt",
+           "load", "convert_state_dict"]
 
 
 class WeightsUnavailableError(CheckpointError):
@@ -83,6 +85,24 @@ TIMM_NAMES: dict[str, str | tuple[str, ...]] = {
 
 #: timm ``VisionTransformerDistilled`` (``deit_*_distilled_*``) -> :class:`vitlab.deit.DeiT`: one more token and head.
 TIMM_DEIT_NAMES: dict[str, str | tuple[str, ...]] = {**TIMM_NAMES, "dist_token": "dist_token", "head_dist": "head_dist"}
+
+#: timm ``SwinTransformer`` -> :class:`vitlab.swin.Swin` (``{i}``: stage, ``{j}``: block in the stage).
+TIMM_SWIN_NAMES: dict[str, str | tuple[str, ...]] = {
+    "patch_embed.proj": "patch_embed.proj",             # Conv2d (D, C, p, p) -> Linear (D, C*p*p)
+    "patch_norm": "patch_embed.norm",
+    "stages.{i}.merge.norm": "layers.{i}.downsample.norm",
+    "stages.{i}.merge.reduction": "layers.{i}.downsample.reduction",
+    "stages.{i}.blocks.{j}.norm1": "layers.{i}.blocks.{j}.norm1",
+    "stages.{i}.blocks.{j}.attn.relative_position_bias_table":
+        "layers.{i}.blocks.{j}.attn.relative_position_bias_table",         # (2M-1)^2 x heads, same layout
+    "stages.{i}.blocks.{j}.attn.qkv": "layers.{i}.blocks.{j}.attn.qkv",
+    "stages.{i}.blocks.{j}.attn.proj": "layers.{i}.blocks.{j}.attn.proj",
+    "stages.{i}.blocks.{j}.norm2": "layers.{i}.blocks.{j}.norm2",
+    "stages.{i}.blocks.{j}.mlp.fc1": "layers.{i}.blocks.{j}.mlp.fc1",
+    "stages.{i}.blocks.{j}.mlp.fc2": "layers.{i}.blocks.{j}.mlp.fc2",
+    "norm": "norm",
+    "head": "head.fc",
+}
 
 #: torchvision ``VisionTransformer`` (``vit_b_16`` and friends).
 TORCHVISION_NAMES: dict[str, str | tuple[str, ...]] = {
@@ -134,15 +154,17 @@ HF_LEGACY_NAMES: list[tuple[str, str]] = [
 def _source_names(table: Mapping[str, str | tuple[str, ...]], target: str) -> tuple[str, ...] | None:
     """The library's tensor name(s) for vitlab's tensor ``target`` (``None``: not in the table)."""
     for vitlab_module, source in table.items():
-        pattern = re.escape(vitlab_module).replace(r"\{i\}", r"(?P<i>\d+)")
+        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\d+)", re.escape(vitlab_module))  # {i}, {j}: indices
         match = re.fullmatch(pattern + r"(?P<suffix>(\.weight|\.bias)?)", target)
         if match is None:
             continue
-        index, suffix = match.groupdict().get("i"), match.group("suffix")
+        suffix = match.group("suffix")
+        indices = {key: value for key, value in match.groupdict().items() if key != "suffix"}
         sources = (source,) if isinstance(source, str) else source
         names = []
         for name in sources:
-            name = name.replace("{i}", index) if index is not None else name
+            for key, value in indices.items():
+                name = name.replace("{" + key + "}", value)
             if name.endswith("in_proj"):  # nn.MultiheadAttention: in_proj_weight, in_proj_bias
                 names.append(f"{name}_{suffix[1:]}")
             else:
@@ -268,16 +290,73 @@ def _as_deit(config: ViTConfig) -> ViT:
     return DeiT(DeiTConfig(**dataclasses.asdict(config)))
 
 
+def _timm_swin_config(model: nn.Module) -> Any:
+    """Read a timm ``SwinTransformer``'s config, refusing what :class:`vitlab.swin.Swin` does not implement."""
+    from .configs import ConfigError
+    from .swin import SwinConfig
+
+    blocks = [block for stage in model.layers for block in stage.blocks]
+    unsupported = {
+        "absolute position embeddings (ape)": getattr(model, "absolute_pos_embed", None) is not None,
+        f"global_pool={getattr(model, 'global_pool', 'avg')!r} (vitlab averages the tokens)":
+            getattr(model, "global_pool", "avg") != "avg",
+        "always_partition / dynamic masks": any(getattr(b, "always_partition", False) or getattr(b, "dynamic_mask",
+                                                                                                 False)
+                                                for b in blocks),
+        "an activation other than exact GELU": not all(isinstance(b.mlp.act, nn.GELU)
+                                                       and b.mlp.act.approximate == "none" for b in blocks),
+        "blocks without alternating shifts": any(
+            any(block.shift_size) != (j % 2 == 1 and block.window_size[0] < stage.blocks[0].input_resolution[0])
+            for stage in model.layers for j, block in enumerate(stage.blocks)),
+    }
+    found = [name for name, present in unsupported.items() if present]
+    if found:
+        raise ValueError(f"this timm Swin uses {', '.join(found)}, which vitlab's Swin does not implement")
+    patch, image = model.patch_embed.patch_size, model.patch_embed.img_size
+    if patch[0] != patch[1] or image[0] != image[1]:
+        raise ValueError(f"vitlab's Swin needs square images and patches, got image {image}, patch {patch}")
+    dim = model.embed_dim
+    try:
+        return SwinConfig(
+            image_size=image[0], in_channels=model.patch_embed.proj.in_channels, num_classes=model.num_classes,
+            patch_size=patch[0], window_size=max(b.window_size[0] for b in blocks), embed_dim=dim,
+            depths=tuple(len(stage.blocks) for stage in model.layers),
+            heads=tuple(stage.blocks[0].attn.num_heads for stage in model.layers),
+            mlp_ratio=blocks[0].mlp.fc1.out_features / dim, qkv_bias=blocks[0].attn.qkv.bias is not None,
+            norm_eps=model.norm.eps, drop_path=0.0)
+    except ConfigError as error:  # e.g. a grid timm pads to the window and vitlab refuses
+        raise ValueError(f"this timm Swin's geometry does not fit vitlab's Swin: {error}") from None
+
+
+def _is_timm_swin(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> bool:
+    if isinstance(model_or_state_dict, nn.Module):
+        return type(model_or_state_dict).__name__ == "SwinTransformer"
+    return any(k.endswith("relative_position_bias_table") for k in model_or_state_dict)
+
+
+def from_timm_swin(model: nn.Module) -> nn.Module:
+    """A :class:`vitlab.swin.Swin` computing the same function as a timm ``SwinTransformer`` (in eval mode)."""
+    from .swin import Swin
+
+    if not isinstance(model, nn.Module):
+        raise TypeError("a timm Swin is converted from the model itself (its image size is not in its state dict): "
+                        "build it with timm.create_model(..., pretrained=False), load the state dict into it, "
+                        "then call from_timm(model)")
+    return _load_converted(Swin(_timm_swin_config(model)), model.state_dict(), TIMM_SWIN_NAMES, "timm")
+
+
 def from_timm(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, heads: int | None = None,
-              norm_eps: float = 1e-6) -> ViT:
+              norm_eps: float = 1e-6) -> nn.Module:
     """A vitlab ``ViT`` computing the same function as a timm ``VisionTransformer``.
 
     Given the model, its config is read from it; given a state dict, it is inferred from the tensor
     shapes (``heads``: see :data:`STANDARD_HEADS`; ``norm_eps``: timm's 1e-6). Variants vitlab does not
     implement (layer scale, registers, average pooling, ...) are refused with a message naming them.
     A distilled DeiT (``VisionTransformerDistilled``, with its distillation token) becomes a
-    :class:`vitlab.deit.DeiT`.
+    :class:`vitlab.deit.DeiT`; a ``SwinTransformer`` a :class:`vitlab.swin.Swin` (see :func:`from_timm_swin`).
     """
+    if _is_timm_swin(model_or_state_dict):
+        return from_timm_swin(model_or_state_dict)  # type: ignore[arg-type]
     if isinstance(model_or_state_dict, nn.Module):
         state = model_or_state_dict.state_dict()
         config = _timm_config(model_or_state_dict)
@@ -490,6 +569,8 @@ def adapt(model: ViT, num_classes: int | None = None, image_size: int | None = N
     images into a 224x224 model). ``None`` keeps each as it is.
     """
     config = model.config
+    if getattr(type(model), "family", "") == "swin":
+        return _adapt_swin(model, num_classes, image_size, input_size)
     new_image = image_size or config.image_size
     # The images it is given: as asked, else as before if they were resized, else the new resolution.
     new_input = input_size or config.input_size or new_image
@@ -504,6 +585,22 @@ def adapt(model: ViT, num_classes: int | None = None, image_size: int | None = N
     elif config.positional == "sinusoidal":
         state["pos_embed.table"] = adapted.state_dict()["pos_embed.table"]
     adapted.load_state_dict(state)
+    if num_classes is not None and num_classes != config.num_classes:
+        adapted.reset_classifier(num_classes)
+    return adapted.train(model.training)
+
+
+def _adapt_swin(model: nn.Module, num_classes: int | None, image_size: int | None, input_size: int | None
+                ) -> nn.Module:
+    """A copy of a :class:`vitlab.swin.Swin` with a new head; its resolution cannot change."""
+    config = model.config
+    if (image_size or config.image_size) != config.image_size or (input_size or config.image_size) != \
+            config.image_size:
+        raise ValueError(f"this Swin runs at {config.image_size}x{config.image_size}: its windows, masks and "
+                         "stage grids are built for that size, and vitlab does not resize a Swin (no --image-size; "
+                         "resize the images to it instead)")
+    adapted = type(model)(config).to(next(model.parameters()).device)
+    adapted.load_state_dict(model.state_dict())
     if num_classes is not None and num_classes != config.num_classes:
         adapted.reset_classifier(num_classes)
     return adapted.train(model.training)
@@ -579,9 +676,10 @@ def _load_timm(name: str, spec: str) -> ViT:
     if not timm.is_model(architecture):
         raise ValueError(f"timm has no model {architecture!r}; ViTs it knows include "
                          f"{', '.join(timm.list_models('vit_*patch16_224*')[:6])}")
-    if timm.models.model_entrypoint(architecture).__module__.rsplit(".", 1)[-1] not in ("vision_transformer", "deit"):
-        raise ValueError(f"timm's {architecture} is not a plain VisionTransformer; vitlab converts those "
-                         "(vit_tiny/small/base/large/huge_patch*)")
+    if timm.models.model_entrypoint(architecture).__module__.rsplit(".", 1)[-1] not in (
+            "vision_transformer", "deit", "swin_transformer"):
+        raise ValueError(f"timm's {architecture} is not a plain VisionTransformer or SwinTransformer; vitlab "
+                         "converts those (vit_tiny/small/base/large/huge_patch*, deit_*, swin_*)")
     if tag and name not in timm.list_pretrained(architecture + ".*"):
         raise ValueError(f"timm has no pretrained weights {name!r}; tags for {architecture}: "
                          f"{', '.join(timm.list_pretrained(architecture + '.*')) or 'none'}")
@@ -646,8 +744,8 @@ def _load_path(path: Path, heads: int | None) -> ViT:
     if path.is_dir():
         if Run(path).exists() and "family" in Run(path).config().get("model", {}):
             model = Run(path).model()
-            if not isinstance(model, ViT):
-                raise ValueError(f"{path} holds a {type(model).__name__}; vitlab.pretrained loads ViTs")
+            if not isinstance(model, ViT) and getattr(type(model), "family", "") != "swin":
+                raise ValueError(f"{path} holds a {type(model).__name__}; vitlab.pretrained loads ViTs and Swins")
             return model
         weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
         if weights is None:

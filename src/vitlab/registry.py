@@ -34,6 +34,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vitlab.model",   # ViT presets (vit_seed, vit_mnist, vit_cifar, vit_cifar_small)
     "vitlab.cnn",     # CNN baselines (resnet18, vgg11, simple_cnn)
     "vitlab.deit",    # DeiT: a ViT with a distillation token (deit_mnist, deit_cifar_small)
+    "vitlab.swin",    # Swin Transformer: shifted-window attention, a pyramid (swin_mnist, swin_cifar)
 )
 
 

@@ -59,7 +59,7 @@ def recorded_runs(dataset: str | None = None, experiment: str | None = None) -> 
 def _family(run: dict[str, Any]) -> str:
     """The family as the table shows it: ``ViT``, ``CNN``, or a new family's registered name."""
     family = run["config"]["model"]["family"]
-    return {"vit": "ViT", "cnn": "CNN"}.get(family, family)
+    return {"vit": "ViT", "cnn": "CNN", "swin": "Swin", "deit": "DeiT"}.get(family, family)
 
 
 def _model_label(run: dict[str, Any]) -> str:
@@ -130,11 +130,13 @@ def _distillation_lines(group: list[dict[str, Any]]) -> list[str]:
 
 
 def _is_transformer(run: dict[str, Any]) -> bool:
-    """Whether the run's model family is a transformer (its registered class has attention maps)."""
+    """Whether the run's model family is a transformer (its registered class says ``is_transformer``,
+    else whether it has attention maps)."""
     from .registry import family_class
 
     try:
-        return bool(family_class(run["config"]["model"]["family"]).has_attention_maps)
+        cls = family_class(run["config"]["model"]["family"])
+        return bool(getattr(cls, "is_transformer", cls.has_attention_maps))
     except ValueError:  # a family this installation does not know
         return False
 
@@ -263,7 +265,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
         c = max(cnns, key=lambda r: r["accuracy"])
         gap = v["accuracy"] - c["accuracy"]
         relation = "above" if gap > 0 else "below" if gap < 0 else "level with"
-        lines.append(f"The best ViT ({v['model']}, {v['accuracy']:.2f} %) is {abs(gap):.2f} percentage points "
+        lines.append(f"The best transformer ({v['model']}, {v['accuracy']:.2f} %) is {abs(gap):.2f} percentage points "
                      f"{relation} the best CNN ({c['model']}, {c['accuracy']:.2f} %), "
                      f"with {v['params'] / max(c['params'], 1):.2f}x its parameters.")
         budgeted = [r for r in rows if r.get("time_budget_s")]
@@ -455,8 +457,9 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         "and validation (the validation set is used only to watch training)." + _cifar_note(runs),
         "- **Preprocessing:** pixels scaled to [0, 1] and standardized with the dataset's per-channel mean and "
         "standard deviation; augmentation on whole batches (`digits`: random rotation ±10°, shift ±10 %, zoom "
-        "0.9–1.1; `cifar-strong`: TrivialAugmentWide, then pad-4 random crop and horizontal flip).",
-        "- **Models:** vitlab's ViT presets (pre-norm encoder, class token, learned positions) and torchvision's "
+        "0.9–1.1; `cifar`: pad-4 random crop and horizontal flip; `cifar-strong`: TrivialAugmentWide first).",
+        "- **Models:** vitlab's ViT presets (pre-norm encoder, class token, learned positions), DeiT (a ViT with a "
+        "distillation token), Swin (shifted-window attention, patch merging; `vitlab.swin`) and torchvision's "
         "ResNet-18 and VGG-11-BN adapted for small images (3×3 stem, no early max-pool; global average pooling "
         "and a linear classifier for VGG), plus a small plain CNN.",
         "- **Training:** one engine for every model (`vitlab.train.fit`), per-run recipe listed below; where a run "
