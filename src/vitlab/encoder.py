@@ -11,7 +11,19 @@ from torch import Tensor, nn
 
 from .attention import MultiHeadSelfAttention
 
-__all__ = ["MLP", "DropPath", "EncoderBlock"]
+__all__ = ["MLP", "DropPath", "EncoderBlock", "init_transformer_weights"]
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """The usual transformer initialization (ViT, DeiT and Swin code, timm), for ``model.apply``:
+    truncated normal (std 0.02) for linear layers with zero biases; LayerNorm as the identity."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class MLP(nn.Module):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .attention import check_heads
 from .configs import Config, ConfigError
-from .encoder import EncoderBlock
+from .encoder import EncoderBlock, init_transformer_weights
 from .patches import PatchEmbedding, check_image_batch, check_patch_size
 from .positional import PositionalKind, make_positional_encoding
 from .registry import create_model, register_model
@@ -151,16 +151,7 @@ class ViT(nn.Module):
             nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # Truncated normal for linear layers (as in timm/DeiT); LayerNorm starts as identity.
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    _init_weights = staticmethod(init_transformer_weights)  # truncated normal linear layers, as in timm/DeiT
 
     def no_weight_decay(self) -> set[str]:
         """Parameters kept out of weight decay besides biases and norms (timm's convention):

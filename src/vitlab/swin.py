@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .attention import check_heads
 from .configs import Config, ConfigError
-from .encoder import MLP, DropPath
+from .encoder import MLP, DropPath, init_transformer_weights
 from .patches import PatchEmbedding, check_image_batch, check_patch_size
 from .registry import register_model
 
@@ -369,15 +369,7 @@ class Swin(nn.Module):
         self.feature_map = nn.Identity()  # (N, C, h, w): Grad-CAM's hook point, like a CNN's last stage
         self.head: nn.Module = nn.Linear(config.num_features, config.num_classes) if config.num_classes else \
             nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # As in the Swin paper's code and timm: truncated normal for linear layers, zero biases.
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)  # as in the Swin paper's code and timm
 
     def no_weight_decay(self) -> set[str]:
         """The relative position bias tables (timm's convention), besides biases and norms."""
