@@ -119,3 +119,17 @@ def test_cli_cifar10_tiny_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_n"] == 100 and len(metrics["per_class_accuracy"]) == 10
     assert "cat" in metrics["per_class_accuracy"]
+
+
+def test_the_architecture_diagrams_show_the_shapes_and_the_norm_placement():
+    from vitlab.plots import plot_norm_placement, plot_vit_architecture
+
+    fig = plot_vit_architecture(image_size=28, patch_size=7, dim=64, depth=6, num_classes=10)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert {"16 patches of\n7×7 pixels", "16 tokens × 64", "17 × 64", "64", "10 logits", "6 × encoder\nblock"} <= set(texts)
+    assert "16 × 64" not in texts, "the class token makes 17 tokens from the first '+' on"
+    fig = plot_norm_placement()
+    post, pre = ([t.get_text() for t in sorted(ax.texts, key=lambda t: -t.get_position()[1]) if t.get_text()]
+                 for ax in fig.axes)                       # top to bottom; arrows are texts without words
+    assert post[:4] == ["x", "attention", "+", "LayerNorm"], "post-norm: the norm comes after the sum"
+    assert pre[:4] == ["x", "LayerNorm", "attention", "+"], "pre-norm: the norm opens the branch"

@@ -1,4 +1,5 @@
-"""Figures for lessons and reports: sample grids, training curves, confusion matrices, patch grids.
+"""Figures for lessons and reports: sample grids, training curves, confusion matrices, patch grids,
+and block diagrams of the ViT and of its encoder block drawn by code.
 
 Every function returns the matplotlib ``Figure`` (and never calls ``plt.show``),
 so notebooks display it and scripts save it.
@@ -16,7 +17,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 __all__ = ["show_images", "plot_history", "plot_confusion", "plot_per_class", "plot_patches", "to_display", "overlay",
-           "plot_explanations"]
+           "plot_explanations", "plot_vit_architecture", "plot_norm_placement"]
 
 
 def to_display(image: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
@@ -171,5 +172,101 @@ def plot_explanations(images: Tensor, maps: dict[str, Tensor], titles: Sequence[
             overlay(images[i], values[i], axes[i, j], mean=mean, std=std, title=method if i == 0 else None)
     if suptitle:
         fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ diagrams
+def _box(ax: Any, x: float, y: float, w: float, h: float, text: str, color: str, fontsize: float = 9) -> None:
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                facecolor=color, edgecolor="black", linewidth=0.8))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _arrow(ax: Any, start: tuple[float, float], end: tuple[float, float], color: str = "black") -> None:
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0,
+                                                           shrinkA=0, shrinkB=0))
+
+
+def plot_vit_architecture(image_size: int = 28, patch_size: int = 4, dim: int = 64, depth: int = 6,
+                          num_classes: int = 10) -> Figure:
+    """The ViT (Dosovitskiy et al. 2021) as a labelled block diagram, with the shapes of one image
+    for the given sizes: patches -> linear map -> class token -> positions -> encoder blocks -> head.
+    Drawn by code so that it stays in step with the lessons; returns the figure."""
+    patches = (image_size // patch_size) ** 2
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    steps = [
+        ("image", f"{image_size}×{image_size}", "#dddddd"),
+        ("patchify", f"{patches} patches of\n{patch_size}×{patch_size} pixels", "#f6d7a7"),
+        ("linear map E", f"{patches} tokens × {dim}", "#f6d7a7"),
+        ("+ class token", f"{patches + 1} × {dim}", "#c9e4c5"),
+        ("+ positions", f"{patches + 1} × {dim}", "#c9e4c5"),
+        (f"{depth} × encoder\nblock", f"{patches + 1} × {dim}", "#b8d4f0"),
+        ("LayerNorm,\ntoken 0", f"{dim}", "#e8c8e8"),
+        ("linear head", f"{num_classes} logits", "#e8c8e8"),
+    ]
+    xs = np.linspace(0.7, 12.3, len(steps))
+    for i, (x, (name, shape, color)) in enumerate(zip(xs, steps)):
+        _box(ax, x, 2.6, 1.35, 0.9, name, color)
+        ax.text(x, 1.9, shape, ha="center", va="top", fontsize=8, color="#333333")
+        if i:
+            _arrow(ax, (xs[i - 1] + 0.68, 2.6), (x - 0.68, 2.6))
+    # The encoder block, opened up underneath its box.
+    bx = xs[5]
+    inner = [("LayerNorm", "#ffffff"), ("multi-head\nattention", "#b8d4f0"), ("+", "#ffffff"),
+             ("LayerNorm", "#ffffff"), ("MLP", "#b8d4f0"), ("+", "#ffffff")]
+    ix = np.linspace(4.2, 11.6, len(inner))
+    half = [0.21 if name == "+" else 0.53 for name, _ in inner]     # half widths of the boxes
+    ax.add_patch(plt.Rectangle((ix[0] - 1.15, -0.45), ix[-1] - ix[0] + 1.75, 1.55, fill=False, ls="--", lw=0.8))
+    ax.plot([bx - 0.67, ix[0] - 1.15], [2.15, 1.1], ls=":", color="gray", lw=0.8)
+    ax.plot([bx + 0.67, ix[-1] + 0.6], [2.15, 1.1], ls=":", color="gray", lw=0.8)
+    _arrow(ax, (ix[0] - 1.05, 0.2), (ix[0] - half[0], 0.2))
+    for i, (x, (name, color)) in enumerate(zip(ix, inner)):
+        _box(ax, x, 0.2, 2 * half[i], 0.55, name, color, fontsize=7.5)
+        if i:
+            _arrow(ax, (ix[i - 1] + half[i - 1], 0.2), (x - half[i], 0.2))
+    # Residual connections: from the block's input (and the first sum) around each branch into its "+".
+    for begin, add in ((ix[0] - 0.85, ix[2]), ((ix[2] + ix[3]) / 2, ix[5])):
+        ax.plot([begin, begin, add], [0.2, 0.8, 0.8], color="tab:red", lw=1.0)
+        _arrow(ax, (add, 0.8), (add, 0.2 + 0.28), color="tab:red")
+    ax.text(ix[0] - 1.1, -0.6, "inside each block (pre-norm); red: residual connections", fontsize=7.5,
+            color="tab:red", va="top")
+    ax.set_xlim(-0.2, 13.2)
+    ax.set_ylim(-0.95, 3.3)
+    ax.axis("off")
+    ax.set_title(f"Vision Transformer: {image_size}×{image_size} image, {patch_size}×{patch_size} patches, "
+                 f"width {dim}, {depth} blocks", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_norm_placement() -> Figure:
+    """Post-norm (the original Transformer: add, then LayerNorm) beside pre-norm (ViT: LayerNorm inside
+    each branch, a clean residual path from input to output), as two block diagrams."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 5))
+    layouts = {
+        "post-norm (Transformer, 2017)": ["x", "attention", "+", "LayerNorm", "MLP", "+", "LayerNorm", "out"],
+        "pre-norm (ViT, 2021)": ["x", "LayerNorm", "attention", "+", "LayerNorm", "MLP", "+", "out"],
+    }
+    residuals = {"post-norm (Transformer, 2017)": [(0, 2), (3, 5)], "pre-norm (ViT, 2021)": [(0, 3), (3, 6)]}
+    colors = {"attention": "#b8d4f0", "MLP": "#b8d4f0", "LayerNorm": "#f6d7a7", "+": "#ffffff", "x": "#dddddd",
+              "out": "#dddddd"}
+    for ax, (title, layers) in zip(axes, layouts.items()):
+        ys = np.linspace(7.2, 0.3, len(layers))
+        for i, (y, name) in enumerate(zip(ys, layers)):
+            _box(ax, 1.5, y, 0.5 if name == "+" else 1.9, 0.55, name, colors[name])
+            if i:
+                _arrow(ax, (1.5, ys[i - 1] - 0.3), (1.5, y + 0.3))
+        for begin, add in residuals[title]:          # red: from below a box, around the branch, into "+"
+            top, bottom = ys[begin] - 0.35, ys[add]
+            ax.plot([1.5, 2.9, 2.9], [top, top, bottom], color="tab:red", lw=1.2)
+            _arrow(ax, (2.9, bottom), (1.78, bottom), color="tab:red")
+        ax.set_xlim(-0.2, 3.2)
+        ax.set_ylim(-0.3, 7.8)
+        ax.axis("off")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("Where the LayerNorm goes (red: the residual path)", fontsize=11)
     fig.tight_layout()
     return fig
