@@ -120,3 +120,13 @@ def test_cli_explain_writes_a_png(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vitlab", "explain", str(shipped_run("vit_mnist")), "--method",
                           "saliency", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+
+
+def test_nearest_upsampling_keeps_each_patch_one_flat_block():
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])                       # (1, 2, 2)
+    blocky = upsample(maps, 4, mode="nearest")
+    assert torch.equal(blocky, maps.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
+    smooth = upsample(maps, 4)
+    assert not torch.equal(smooth, blocky) and len(smooth.unique()) > 4, "bilinear blends neighbouring patches"
+    with pytest.raises(ValueError, match="bilinear.*nearest"):
+        upsample(maps, 4, mode="bicubic")

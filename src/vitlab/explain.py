@@ -223,10 +223,16 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return (maps - low) / (high - low).clamp_min(1e-7)
 
 
-def upsample(maps: Tensor, image_size: int | tuple[int, int]) -> Tensor:
-    """Bilinear resize of per-patch maps to the image. Shapes: ``(N, g, g) -> (N, H, W)``."""
+def upsample(maps: Tensor, image_size: int | tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize per-patch maps to the image. Shapes: ``(N, g, g) -> (N, H, W)``.
+
+    ``mode="bilinear"`` gives smooth maps; ``"nearest"`` keeps each patch one flat block, so the grid
+    the model actually scored stays visible (smooth blobs suggest detail a 4x4 map does not have)."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    options = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(maps.unsqueeze(1).float(), size=size, mode=mode, **options).squeeze(1)
 
 
 def _grid_side(patches: int) -> int:
