@@ -18,7 +18,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["scaled_dot_product_attention", "MultiHeadSelfAttention", "check_heads"]
+__all__ = ["scaled_dot_product_attention", "attend", "MultiHeadSelfAttention", "check_heads"]
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -30,6 +30,25 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tenso
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     weights = scores.softmax(dim=-1)
     return weights @ v, weights
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, dropout: float = 0.0,
+           return_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Attention as the models compute it: PyTorch's fused kernel, or, when the weights are wanted,
+    the explicit formula (same output up to float rounding).
+
+    Shapes: ``q, k, v: (..., T, d) -> out (..., T, d)`` and ``weights (..., T, T)`` (``None`` from the
+    fused kernel). ``bias`` is added to the scores before the softmax, broadcast to ``(..., T, T)``
+    (``-inf`` forbids a pair; Swin's relative position bias and window mask); ``dropout`` applies to
+    the weights (pass 0 in evaluation).
+    """
+    if not return_weights:
+        mask = bias.to(q.dtype) if bias is not None else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    weights = (scores if bias is None else scores + bias).softmax(dim=-1)
+    dropped = F.dropout(weights, dropout) if dropout else weights
+    return dropped @ v, weights
 
 
 def check_heads(dim: int, heads: int) -> None:
@@ -68,13 +87,8 @@ class MultiHeadSelfAttention(nn.Module):
         """``(N, T, dim) -> (N, T, dim)`` [and ``(N, heads, T, T)`` weights]."""
         n, t, _ = x.shape
         q, k, v = self.split_heads(x)
-        if return_attention:
-            weights = (q @ k.transpose(-2, -1) * (self.head_dim ** -0.5)).softmax(dim=-1)
-            dropped = F.dropout(weights, self.attn_dropout, self.training) if self.attn_dropout else weights
-            out = dropped @ v
-        else:
-            dropout = self.attn_dropout if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out, weights = attend(q, k, v, dropout=self.attn_dropout if self.training else 0.0,
+                              return_weights=return_attention)
         out = out.transpose(1, 2).reshape(n, t, self.dim)                   # concatenate the heads
         out = self.proj_dropout(self.proj(out))
         return (out, weights) if return_attention else out

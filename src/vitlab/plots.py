@@ -246,20 +246,22 @@ def plot_norm_placement() -> Figure:
     """Post-norm (the original Transformer: add, then LayerNorm) beside pre-norm (ViT: LayerNorm inside
     each branch, a clean residual path from input to output), as two block diagrams."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 5))
+    # title: (boxes top to bottom, residual connections as (box before the branch, its "+"))
     layouts = {
-        "post-norm (Transformer, 2017)": ["x", "attention", "+", "LayerNorm", "MLP", "+", "LayerNorm", "out"],
-        "pre-norm (ViT, 2021)": ["x", "LayerNorm", "attention", "+", "LayerNorm", "MLP", "+", "out"],
+        "post-norm (Transformer, 2017)": (["x", "attention", "+", "LayerNorm", "MLP", "+", "LayerNorm", "out"],
+                                          [(0, 2), (3, 5)]),
+        "pre-norm (ViT, 2021)": (["x", "LayerNorm", "attention", "+", "LayerNorm", "MLP", "+", "out"],
+                                 [(0, 3), (3, 6)]),
     }
-    residuals = {"post-norm (Transformer, 2017)": [(0, 2), (3, 5)], "pre-norm (ViT, 2021)": [(0, 3), (3, 6)]}
     colors = {"attention": "#b8d4f0", "MLP": "#b8d4f0", "LayerNorm": "#f6d7a7", "+": "#ffffff", "x": "#dddddd",
               "out": "#dddddd"}
-    for ax, (title, layers) in zip(axes, layouts.items()):
+    for ax, (title, (layers, residuals)) in zip(axes, layouts.items()):
         ys = np.linspace(7.2, 0.3, len(layers))
         for i, (y, name) in enumerate(zip(ys, layers)):
             _box(ax, 1.5, y, 0.5 if name == "+" else 1.9, 0.55, name, colors[name])
             if i:
                 _arrow(ax, (1.5, ys[i - 1] - 0.3), (1.5, y + 0.3))
-        for begin, add in residuals[title]:          # red: from below a box, around the branch, into "+"
+        for begin, add in residuals:          # red: from below a box, around the branch, into "+"
             top, bottom = ys[begin] - 0.35, ys[add]
             ax.plot([1.5, 2.9, 2.9], [top, top, bottom], color="tab:red", lw=1.2)
             _arrow(ax, (2.9, bottom), (1.78, bottom), color="tab:red")

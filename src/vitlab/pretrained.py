@@ -559,7 +559,8 @@ def resample_position_table(table: Tensor, new_grid: int | tuple[int, int], num_
 
 def adapt(model: ViT, num_classes: int | None = None, image_size: int | None = None,
           input_size: int | None = None) -> ViT:
-    """A copy of ``model`` for a new task.
+    """A copy of ``model`` (a ViT, DeiT or Swin) for a new task. A Swin takes a new head only: its
+    windows are built for its resolution, so a new ``image_size`` or ``input_size`` is refused.
 
     ``num_classes``: when it differs from the model's, a new zero-initialized head without the pre-logits
     layer (see :meth:`ViT.reset_classifier`; call that directly for a new head of the same size); ``image_size``:
@@ -569,38 +570,29 @@ def adapt(model: ViT, num_classes: int | None = None, image_size: int | None = N
     images into a 224x224 model). ``None`` keeps each as it is.
     """
     config = model.config
-    if getattr(type(model), "family", "") == "swin":
-        return _adapt_swin(model, num_classes, image_size, input_size)
-    new_image = image_size or config.image_size
-    # The images it is given: as asked, else as before if they were resized, else the new resolution.
-    new_input = input_size or config.input_size or new_image
-    new_config = dataclasses.replace(config, image_size=new_image,
-                                     input_size=None if new_input == new_image else new_input)
+    is_swin = getattr(type(model), "family", "") == "swin"
+    if is_swin:
+        if (image_size or config.image_size) != config.image_size or (input_size or config.image_size) != \
+                config.image_size:
+            raise ValueError(f"this Swin runs at {config.image_size}x{config.image_size}: its windows, masks and "
+                             "stage grids are built for that size, and vitlab does not resize a Swin (no "
+                             "--image-size; resize the images to it instead)")
+        new_config = config
+    else:
+        new_image = image_size or config.image_size
+        # The images it is given: as asked, else as before if they were resized, else the new resolution.
+        new_input = input_size or config.input_size or new_image
+        new_config = dataclasses.replace(config, image_size=new_image,
+                                         input_size=None if new_input == new_image else new_input)
     adapted = type(model)(new_config).to(next(model.parameters()).device)
     state = model.state_dict()
-    if new_config.image_size != config.image_size and config.positional == "learned":
+    if not is_swin and new_config.image_size != config.image_size and config.positional == "learned":
         grid = new_config.image_size // new_config.patch_size
         state["pos_embed.table"] = resample_position_table(state["pos_embed.table"], grid,
                                                            num_prefix_tokens=model.num_prefix_tokens)
-    elif config.positional == "sinusoidal":
+    elif not is_swin and config.positional == "sinusoidal":
         state["pos_embed.table"] = adapted.state_dict()["pos_embed.table"]
     adapted.load_state_dict(state)
-    if num_classes is not None and num_classes != config.num_classes:
-        adapted.reset_classifier(num_classes)
-    return adapted.train(model.training)
-
-
-def _adapt_swin(model: nn.Module, num_classes: int | None, image_size: int | None, input_size: int | None
-                ) -> nn.Module:
-    """A copy of a :class:`vitlab.swin.Swin` with a new head; its resolution cannot change."""
-    config = model.config
-    if (image_size or config.image_size) != config.image_size or (input_size or config.image_size) != \
-            config.image_size:
-        raise ValueError(f"this Swin runs at {config.image_size}x{config.image_size}: its windows, masks and "
-                         "stage grids are built for that size, and vitlab does not resize a Swin (no --image-size; "
-                         "resize the images to it instead)")
-    adapted = type(model)(config).to(next(model.parameters()).device)
-    adapted.load_state_dict(model.state_dict())
     if num_classes is not None and num_classes != config.num_classes:
         adapted.reset_classifier(num_classes)
     return adapted.train(model.training)

@@ -41,13 +41,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import check_heads
+from .attention import attend, check_heads
 from .configs import Config, ConfigError
 from .encoder import MLP, DropPath, init_transformer_weights
-from .patches import PatchEmbedding, check_image_batch, check_patch_size
+from .model import zero_head
+from .patches import PatchEmbedding, check_patch_size
 from .registry import register_model
 
 __all__ = ["SwinConfig", "Swin", "window_partition", "window_reverse", "relative_position_index",
@@ -233,17 +233,12 @@ class WindowAttention(nn.Module):
             # batch is viewed as (N, nW) and the mask broadcasts over N without being copied.
             bias = bias.masked_fill(~mask[:, None], float("-inf"))
             q, k, v = (t.view(-1, len(mask), *t.shape[1:]) for t in (q, k, v))
-        if return_attention:
-            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias
-            weights = scores.softmax(dim=-1)
-            out = F.dropout(weights, self.attn_dropout, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                                 dropout_p=self.attn_dropout if self.training else 0.0)
+        out, weights = attend(q, k, v, bias, dropout=self.attn_dropout if self.training else 0.0,
+                              return_weights=return_attention)
         out = out.reshape(windows, self.heads, tokens, -1).transpose(1, 2).reshape(windows, tokens, dim)
         out = self.proj_dropout(self.proj(out))
         if return_attention:
-            return out, weights.reshape(windows, self.heads, tokens, tokens)
+            return out, weights.reshape(windows, self.heads, tokens, tokens)  # type: ignore[union-attr]
         return out
 
 
@@ -386,8 +381,6 @@ class Swin(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new zero-initialized head for ``num_classes`` classes (0: features out)."""
-        from .model import zero_head
-
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
         self.head = zero_head(self.config.num_features, num_classes, next(self.parameters()).device)
 
@@ -409,8 +402,8 @@ class Swin(nn.Module):
         return sum(self.config.depths) + 1
 
     def embed(self, images: Tensor) -> Tensor:
-        """Patch partition and linear embedding. ``(N, C, H, W) -> (N, H/p, W/p, D)``."""
-        check_image_batch(images, self.config.in_channels, (self.config.image_size,) * 2)
+        """Patch partition and linear embedding. ``(N, C, H, W) -> (N, H/p, W/p, D)``; the embedding
+        checks the batch (dtype, channels, size)."""
         side = self.config.stage_resolutions[0]
         tokens = self.patch_embed(images)                                     # (N, P, D), row-major
         return self.patch_norm(tokens.view(len(images), side, side, -1))
@@ -425,10 +418,7 @@ class Swin(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """``(N, C, H, W) -> (N, C_last, h, w)``: the last stage, normalized, channels first."""
-        x = self.embed(images)
-        for stage in self.stages:
-            x = stage(x)
-        return self.feature_map(self.norm(x).permute(0, 3, 1, 2))
+        return self.feature_map(self.norm(self.stage_outputs(images)[-1]).permute(0, 3, 1, 2))
 
     def forward_head(self, features: Tensor) -> Tensor:
         """``(N, C, h, w) -> (N, classes)`` logits: global average, then the head."""
