@@ -170,6 +170,7 @@ def _print_table(metrics: dict[str, Any], classes: Sequence[str]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
+    from .train import leave_process_group
 
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
@@ -183,10 +184,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                   time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
                   experiment=args.experiment)
     except KeyboardInterrupt:
+        leave_process_group(wait=False)
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: say it once
             print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the "
                   "same command plus --resume", file=sys.stderr)
         return 130
+    except BaseException:
+        leave_process_group(wait=False)
+        raise
+    leave_process_group()
     return 0
 
 

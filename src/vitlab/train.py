@@ -41,9 +41,10 @@ from .runtime import pick_device, seed_everything
 if TYPE_CHECKING:
     from .runs import Run
 
-__all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistContext", "autocast_context",
-           "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget", "make_optimizer",
-           "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode", "warmup_cosine"]
+__all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistContext", "leave_process_group",
+           "autocast_context", "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget",
+           "make_optimizer", "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode",
+           "warmup_cosine"]
 
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -176,6 +177,20 @@ class DistContext:
         if self.enabled:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
+
+
+def leave_process_group(wait: bool = True) -> None:
+    """Leave the torchrun process group, if this process joined one.
+
+    Without this, a process that finishes first (rank 1 returns while rank 0 still writes the run)
+    exits with gloo's threads alive, and the C++ runtime can abort it ("terminate called without an
+    active exception"), failing the whole job. ``wait`` first lets every rank reach this point; pass
+    ``False`` after an error or an interrupt, where another rank may never arrive.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        if wait:
+            torch_dist.barrier()
+        torch_dist.destroy_process_group()
 
 
 def autocast_context(device: torch.device, amp: bool = True) -> AbstractContextManager[Any]:
