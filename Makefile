@@ -5,7 +5,7 @@
 #   make test    lint (ruff) + unit tests + every notebook executed by nbval (quick mode)
 #   make lint    ruff check on the package, tests, notebooks, bench and tools
 #   make lab     JupyterLab on the notebooks
-#   make html    execute every notebook and render it to site/ (QUICK=1 for a fast render)
+#   make html    the course website in site/: every lesson executed, API reference (QUICK=1: fast)
 #   make clean   remove the venv, caches and rendered site
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +16,7 @@ QUICK  ?= 0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e ".[lab,dev,pretrained]"
+	$(BIN)/python -m pip install -e ".[lab,dev,pretrained,docs]"
 	touch $(STAMP)
 
 .PHONY: setup test unit lint lab html clean
@@ -39,8 +39,10 @@ unit: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# Sphinx + myst-nb + sphinx-book-theme; open site/index.html. EXECUTE="00 01" runs only those lessons.
+EXECUTE ?= all
 html: $(STAMP)
-	VITLAB_QUICK=$(QUICK) $(BIN)/python tools/build_site.py --out site
+	VITLAB_QUICK=$(QUICK) $(BIN)/python tools/build_site.py --out site --execute $(EXECUTE)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache build src/*.egg-info
@@ -61,7 +63,7 @@ train: $(STAMP)
 # Throughput of vitlab's presets vs timm's VisionTransformer (timm is a bench-only extra).
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -e ".[lab,dev,pretrained,bench]"
+	$(BIN)/python -m pip install -e ".[lab,dev,pretrained,docs,bench]"
 	touch $(BENCH_STAMP)
 
 .PHONY: bench
@@ -118,6 +120,16 @@ swin: $(STAMP)
 			--augment digits --time-budget $(MNIST_BUDGET_S) --experiment swin --out runs/swin-mnist-$$m \
 			--quiet --resume || exit 1; \
 	done
+
+# Lesson 02's comparison: class-token vs mean pooling, vit_mnist for 3 epochs (the same budget: both
+# readouts cost the same), 3 seeds each; about 8 minutes on a 2-core CPU. Runs go to runs/pooling-*;
+# the recorded ones are in reports/runs/.
+.PHONY: pooling
+pooling: $(STAMP)
+	for s in 0 1 2; do for p in cls mean; do \
+		$(BIN)/python -m vitlab train --model vit_mnist --model-arg pool=$$p --dataset mnist --epochs 3 --seed $$s \
+			--experiment pooling --out runs/pooling-$$p-s$$s --quiet --resume || exit 1; \
+	done; done
 
 # Rebuild reports/REPORT.md from the recorded runs (or from RUNS="runs/a runs/b ...").
 RUNS ?= $(sort $(wildcard reports/runs/*))
