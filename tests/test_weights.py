@@ -55,6 +55,21 @@ def test_shipped_cifar_weights_reproduce_their_test_accuracy():
 
 
 @pytest.mark.usefixtures("cifar10_available")
+def test_shipped_full_cifar_weights_reproduce_their_test_accuracy():
+    """Lesson 10 loads these weights: the 10-minute ViT run of the Swin experiment, on the full CIFAR-10."""
+    run = Run(shipped_run("cifar10-full-vit_cifar_small"))
+    assert not (run.path / "checkpoint.pt").exists() and (run.path / "model.safetensors").stat().st_size < 5 * 2**20
+    metrics = run.metrics()
+    assert run.config()["dataset"]["train_n"] == 45000 and metrics["test_n"] == 10000
+    test_set = load_dataset("cifar10", "test")
+    if "(full)" not in test_set.source:
+        pytest.skip(f"recorded on the full CIFAR-10 JPEG tree; this machine loads {test_set.source}")
+    result = evaluate(run.model(), test_set, batch_size=1000, amp=False)
+    assert result["n"] == 10000
+    assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
+
+
+@pytest.mark.usefixtures("cifar10_available")
 def test_shipped_transfer_checkpoint_reproduces_its_test_accuracy():
     """weights/cifar5-vit_cifar_small, the pretrained model of lesson 12 (trained on a GPU in bf16):
     reloaded from its folder with its own five classes, it scores what it recorded."""
