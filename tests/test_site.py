@@ -92,7 +92,7 @@ def browse(page: Path, screenshot: str | None = None) -> str:
     """The page's DOM after Chromium loaded it and ran its scripts."""
     browser = find_browser()
     assert browser is not None
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"]
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"]
     result = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "</html>" in result.stdout, result.stderr[-2000:]
     shots = os.environ.get("VITLAB_SITE_SHOTS")
