@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import re
 import shutil
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import nbformat
 from nbconvert.preprocessors import ExecutePreprocessor
+
+from vitlab.runtime import quick_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -93,6 +94,12 @@ def execute(nb: nbformat.NotebookNode, path: Path, timeout: int) -> None:
         nb, {"metadata": {"path": str(path.parent)}})
 
 
+def toctree(entries: list[str], caption: str | None = None) -> str:
+    """A hidden MyST toctree: what the sidebar lists (the pages themselves show their own link lists)."""
+    options = ":hidden:\n" + (f":caption: {caption}\n" if caption else "") + ":maxdepth: 1\n"
+    return "```{toctree}\n" + options + "\n" + "\n".join(entries) + "\n```\n"
+
+
 def landing_page(template: str, lessons: list[tuple[Path, str, str]]) -> str:
     """``docs/index.md`` with the lesson list (one line per lesson) and the sidebar's toctrees filled in."""
     if LESSONS_MARKER not in template:
@@ -103,10 +110,8 @@ def landing_page(template: str, lessons: list[tuple[Path, str, str]]) -> str:
         if not members:
             continue
         listing = "\n".join(f"- [{t}](lessons/{p.stem}.ipynb): {s}" for p, t, s in members)
-        toctree = "\n".join(f"lessons/{p.stem}" for p, _, _ in members)
-        blocks.append(f"### {title}\n\n{listing}\n\n```{{toctree}}\n:hidden:\n:caption: {title}\n:maxdepth: 1\n\n"
-                      f"{toctree}\n```\n")
-    blocks.append("```{toctree}\n:hidden:\n:caption: Reference\n:maxdepth: 1\n\napi\n```\n")
+        blocks.append(f"### {title}\n\n{listing}\n\n" + toctree([f"lessons/{p.stem}" for p, _, _ in members], title))
+    blocks.append(toctree(["api"], "Reference"))
     return template.replace(LESSONS_MARKER, "\n".join(blocks))
 
 
@@ -121,14 +126,14 @@ def api_pages(stage: Path) -> list[str]:
         modules.append((name, docstring.strip().split("\n\n")[0].replace("\n", " ")))
     (stage / "api").mkdir(parents=True, exist_ok=True)
     for name, _ in modules:
-        (stage / "api" / f"{name}.md").write_text(
-            f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n   :no-index:\n```\n" if name == "vitlab"
-            else f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n```\n")
+        # The package page only re-exports what the module pages document: not indexed a second time.
+        no_index = "   :no-index:\n" if name == "vitlab" else ""
+        page = f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n{no_index}```\n"
+        (stage / "api" / f"{name}.md").write_text(page)
     listing = "\n".join(f"- [`{name}`](api/{name}.md): {summary}" for name, summary in modules)
-    toctree = "\n".join(f"api/{name}" for name, _ in modules)
     (stage / "api.md").write_text(
         "# API reference\n\nOne module per concept; each page is generated from the module's docstrings.\n\n"
-        f"{listing}\n\n```{{toctree}}\n:hidden:\n:maxdepth: 1\n\n{toctree}\n```\n")
+        f"{listing}\n\n" + toctree([f"api/{name}" for name, _ in modules]))
     return [name for name, _ in modules]
 
 
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in notebooks:
         if not path.is_file():
             parser.error(f"no such notebook: {path}")
-    mode = "quick" if os.environ.get("VITLAB_QUICK", "0") not in ("", "0") else "full"
+    mode = "quick" if quick_mode() else "full"
     print(f"building the site in {mode} mode from {len(notebooks)} lessons", flush=True)
     build(args.out.resolve(), args.stage.resolve(), [p.resolve() for p in notebooks], args.execute, args.timeout)
     return 0

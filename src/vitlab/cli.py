@@ -174,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
+    finished = False
     try:
         model = args.model if args.model is not None or args.init is not None else "vit_mnist"
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -183,16 +184,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                   test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
                   time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
                   experiment=args.experiment)
+        finished = True
     except KeyboardInterrupt:
-        leave_process_group(wait=False)
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: say it once
             print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the "
                   "same command plus --resume", file=sys.stderr)
         return 130
-    except BaseException:
-        leave_process_group(wait=False)
-        raise
-    leave_process_group()
+    finally:
+        # Wait for the other ranks only after a clean finish: after an error or Ctrl-C some never arrive.
+        leave_process_group(wait=finished)
     return 0
 
 
