@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitlab {train,evaluate,explain,report,download}`` (also the ``vitlab`` script).
+"""Command line: ``python -m vitlab {train,pretrain,evaluate,explain,report,download}`` (also the ``vitlab`` script).
 
 Modelled on torchvision's reference scripts: every knob is an explicit flag. This module only
 parses arguments and calls the library: ``train`` is :func:`vitlab.runs.train_run`, which writes a
@@ -51,22 +51,26 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-def _add_recipe_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per :class:`~vitlab.train.TrainConfig` field (``seed`` is a top-level flag). Every flag
-    defaults to "unset", so the model's tuned recipe (or the field's default) applies."""
+def _add_config_flags(group: argparse._ArgumentGroup, config_class: type, unset: str) -> None:
+    """One flag per field of a config dataclass (``lr`` -> ``--lr``; ``seed`` is a top-level flag), with
+    the help text in the field's metadata. Every flag defaults to "unset" (``None``), so the recipe
+    ``unset`` names applies; ``tuple[float, float]`` fields take two numbers."""
     from .augment import AUGMENTATIONS
     from .configs import literal_choices
-    from .train import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
         if field.name == "seed":
             continue
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata.get('help', '')} (recipe's, else {field.default})"
+        help_text = f"{field.metadata.get('help', '')} ({unset}, else {field.default})"
         annotation = hints[field.name]
-        if annotation is bool:
+        options = [t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None)]
+        if bool in options:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        if typing.get_origin(annotation) is tuple:
+            group.add_argument(flag, type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help=help_text)
             continue
         choices = literal_choices(annotation)
         if field.name == "augment":
@@ -74,19 +78,19 @@ def _add_recipe_flags(group: argparse._ArgumentGroup) -> None:
         if choices is not None:
             base: Any = type(next(c for c in choices if c is not None))
         else:  # int, float, str, or one of them | None
-            base = next(t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None))
+            base = options[0]
         group.add_argument(flag, type=base, default=None, help=help_text,
                            choices=[c for c in choices if c is not None] if choices else None)
 
 
-def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from .train import TrainConfig
-
-    return {name: getattr(args, name) for name in TrainConfig.field_names() if name != "seed"}
+def _config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in config_class.field_names() if name != "seed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dino import DinoConfig
     from .registry import describe_models, model_names
+    from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="mnist",
                        help="mnist, fashion-mnist, cifar10, cifar10-subset, cifar100 or folder:PATH")
     train.add_argument("--data-root", default=None, help="dataset folder ($VITLAB_DATA, else ./data)")
-    _add_recipe_flags(train.add_argument_group(
-        "training recipe (unset flags take the model's tuned recipe, see vitlab.registry, else the value shown)"))
+    _add_config_flags(train.add_argument_group(
+        "training recipe (unset flags take the model's tuned recipe, see vitlab.registry, else the value shown)"),
+        TrainConfig, "recipe's")
     train.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="fit the number of epochs to this wall-clock budget (measured on this machine); "
                             "an explicit --epochs becomes the most it may run")
@@ -124,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--experiment", default=None, metavar="NAME",
                        help="tag the run as part of an experiment (the report gives each experiment its section)")
+
+    pretrain = sub.add_parser("pretrain", help="self-supervised pretraining without labels (DINO)",
+                              formatter_class=_HelpFormatter,
+                              epilog="the run folder's backbone is fine-tuned with: vitlab train --init RUN ...")
+    pretrain.add_argument("--method", default="dino", choices=["dino"], help="the self-supervised method")
+    pretrain.add_argument("--model", default="vit_mnist", choices=[n for n in model_names() if n.startswith("vit_")
+                                                                   and not n.endswith("_exits")],
+                          help="the ViT to pretrain")
+    pretrain.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a model config field (repeatable)")
+    pretrain.add_argument("--dataset", default="mnist", help="as for train (its labels are not used)")
+    pretrain.add_argument("--data-root", default=None, help="dataset folder ($VITLAB_DATA, else ./data)")
+    _add_config_flags(pretrain.add_argument_group("DINO recipe (vitlab.dino.DinoConfig)"), DinoConfig, "unset")
+    pretrain.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                          help="fit the number of epochs to this budget (measured); --epochs is then the most")
+    pretrain.add_argument("--subset", type=int, default=None, help="pretrain on a seeded random subset of N images")
+    pretrain.add_argument("--val-size", type=float, default=0.1, help="validation share (for the k-NN monitor)")
+    pretrain.add_argument("--seed", type=int, default=0, help="fixes initialization, crops, data order and splits")
+    pretrain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    pretrain.add_argument("--out", required=True, help="run folder to write")
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in --out")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    pretrain.add_argument("--experiment", default=None, metavar="NAME", help="tag the run as part of an experiment")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run folder's model on a dataset split",
                               formatter_class=_HelpFormatter)
@@ -170,7 +198,7 @@ def _print_table(metrics: dict[str, Any], classes: Sequence[str]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
-    from .train import leave_process_group
+    from .train import TrainConfig, leave_process_group
 
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
@@ -178,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         model = args.model if args.model is not None or args.init is not None else "vit_mnist"
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-        train_run(model, args.dataset, args.out, recipe=_recipe_overrides(args),
+        train_run(model, args.dataset, args.out, recipe=_config_overrides(args, TrainConfig),
                   model_args=_model_overrides(args.model_arg), seed=args.seed, data_root=args.data_root,
                   val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
                   test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
@@ -193,6 +221,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         # Wait for the other ranks only after a clean finish: after an error or Ctrl-C some never arrive.
         leave_process_group(wait=finished)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .dino import DinoConfig, pretrain
+
+    if args.val_size < 0:
+        raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
+    overrides = {k: v for k, v in _config_overrides(args, DinoConfig).items() if v is not None}
+    config = DinoConfig.from_dict({**overrides, "seed": args.seed})
+    try:
+        pretrain(args.model, args.dataset, args.out, config, model_args=_model_overrides(args.model_arg),
+                 data_root=args.data_root, subset=args.subset,
+                 val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, time_budget=args.time_budget,
+                 resume=args.resume, device=args.device, progress=not args.quiet, experiment=args.experiment)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the same "
+              "command plus --resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -277,8 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # figures go to files; never open a window
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_explain, "report": cmd_report,
-                "download": cmd_download}
+    commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "explain": cmd_explain,
+                "report": cmd_report, "download": cmd_download}
     try:
         return commands[args.command](args)
     except (DatasetNotFoundError, CheckpointError, ValueError, FileNotFoundError) as error:

@@ -171,6 +171,17 @@ def make_criterion(model: nn.Module, config: TrainConfig, device: torch.device |
     from .checkpoint import unwrap
 
     net = unwrap(model)
+    exits = getattr(getattr(net, "config", None), "head_depths", None)
+    if exits is not None:  # an early-exit model: its exits learn from the labels, and maybe from its final head
+        from .early_exit import ExitLoss
+
+        if config.distill in ("soft", "hard"):
+            raise ValueError("an early-exit model distils from its own final head: use --distill self (or none)")
+        return ExitLoss(exits, "self" if config.distill == "self" else "none", config.distill_alpha,
+                        config.distill_tau, config.label_smoothing)
+    if config.distill == "self":
+        raise ValueError(f"--distill self trains the early exits of a model that has them (vit_mnist_exits, "
+                         f"vit_cifar_small_exits); {type(net).__name__} has none")
     two_heads = getattr(net, "has_distillation_head", False)
     if config.distill == "none" and not two_heads:
         return None

@@ -35,6 +35,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vitlab.cnn",     # CNN baselines (resnet18, vgg11, simple_cnn)
     "vitlab.deit",    # DeiT: a ViT with a distillation token (deit_mnist, deit_cifar_small)
     "vitlab.swin",    # Swin Transformer: shifted-window attention, a pyramid (swin_mnist, swin_cifar)
+    "vitlab.early_exit",  # a ViT with early exits (vit_mnist_exits, vit_cifar_small_exits)
 )
 
 

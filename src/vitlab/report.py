@@ -414,6 +414,141 @@ def _transfer_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
     return md + [""]
 
 
+#: Lesson 15's experiments: reported in their own section, not beside the whole-dataset comparison.
+SELF_DISTILLATION_EXPERIMENTS = ("dino", "dino-labels", "exits")
+
+
+def _is_self_distillation(run: dict[str, Any]) -> bool:
+    return run["config"].get("method") == "dino" or run["config"].get("experiment") in SELF_DISTILLATION_EXPERIMENTS
+
+
+def _save_figure(fig: Any, out: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return name
+
+
+def _dino_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """DINO pretraining runs: k-NN before and after, linear probe, collapse monitors, and their curves."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = ["#### DINO pretraining without labels", "",
+          "k-NN: DINO's weighted 20-nearest-neighbour vote on the teacher's class-token features (training set -> "
+          "test set); the same evaluation on the untrained backbone is the baseline DINO must beat. Linear probe: "
+          "a linear classifier trained on the frozen features. Entropies in nats, of log K for K outputs: a "
+          "per-image entropy near 0 with a mean-output entropy near 0 is collapse to one output; both near log K "
+          "is collapse to the uniform output.", "",
+          "| dataset | model | pretraining | k-NN at init | k-NN after | linear probe | teacher entropy / mean "
+          "entropy / log K | run |", "|---|---|---|---:|---:|---:|---|---|"]
+    for run in runs:
+        m = run["metrics"]
+        md.append(f"| {m['dataset']} | {m['model']} | {m['epochs']} epochs of {run['config']['dataset']['train_n']:,} "
+                  f"images, {_fmt_time(m['train_time_s'])} | {100 * (m.get('knn_test_accuracy_at_init') or 0):.2f} % "
+                  f"| **{100 * m['knn_test_accuracy']:.2f} %** | {100 * m['linear_probe_test_accuracy']:.2f} % | "
+                  f"{m['final_teacher_entropy']:.2f} / {m['final_teacher_mean_entropy']:.2f} / {m['log_out_dim']:.2f} "
+                  f"| `{out.name}/runs/{run['name']}` |")
+    md += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['metrics'].get('command', '?')}` ({r['metrics']['device']})"
+                                   for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for run in runs:
+        epochs = [row["epoch"] for row in run["history"]]
+        label = f"{run['metrics']['model']} on {run['metrics']['dataset']}"
+        axes[0].plot(epochs, [100 * row["knn_accuracy"] for row in run["history"]], marker="o", label=label)
+        axes[1].plot(epochs, [row["teacher_entropy"] / run["metrics"]["log_out_dim"] for row in run["history"]],
+                     marker="o", label=label + ": per image")
+        axes[1].plot(epochs, [row["teacher_mean_entropy"] / run["metrics"]["log_out_dim"] for row in run["history"]],
+                     marker="x", linestyle="--", label=label + ": of the mean")
+    axes[0].set(xlabel="epoch", ylabel="k-NN validation accuracy (%)", title="k-NN on the teacher's features")
+    axes[1].set(xlabel="epoch", ylabel="entropy / log K", ylim=(0, 1.05), title="Teacher output entropy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = _save_figure(fig, out, "figures/dino-monitors.png")
+    return md + ["", f"![DINO monitors]({name})", ""]
+
+
+def _few_label_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """Fine-tuning a DINO backbone with few labels vs the same model from scratch, same epochs."""
+    md = ["#### Few labels: fine-tuning the DINO backbone vs training from scratch", "",
+          "Both start from the same architecture and train for the same number of epochs on the same labelled "
+          "subset; the DINO runs start from the pretrained teacher backbone (`--init`) with the fine-tuning "
+          "recipe, the scratch runs from a random initialization with the model's own recipe.", "",
+          "| dataset | labelled images | from scratch | DINO + fine-tune | difference | epochs |",
+          "|---|---:|---:|---:|---:|---:|"]
+    cells: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        kind = "dino" if "init" in run["config"] else "scratch"
+        cells.setdefault((run["metrics"]["dataset"], _train_n(run) or 0), {})[kind] = run
+    for (dataset, n), pair in sorted(cells.items()):
+        acc = {k: 100 * r["metrics"]["test_accuracy"] for k, r in pair.items()}
+        diff = f"{acc['dino'] - acc['scratch']:+.2f}" if len(acc) == 2 else "–"
+        epochs = "/".join(str(r["metrics"]["epochs"]) for r in pair.values())
+        scratch, dino = (f"{acc[k]:.2f} %" if k in acc else "–" for k in ("scratch", "dino"))
+        md.append(f"| {dataset} | {n:,} | {scratch} | {dino} | {diff} | {epochs} |")
+    md += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['metrics'].get('command', '?')}`"
+                                   for r in sorted(runs, key=lambda r: r["name"])]
+    return md + [""]
+
+
+def _exit_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """Early-exit runs: accuracy against the blocks run, with measured speed, and the curves."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = ["#### Early exits: accuracy against compute", "",
+          "Each image leaves at the first exit whose softmax confidence exceeds the threshold (1: never early). "
+          "Blocks: the average number of encoder blocks run per test image; images/s: measured real early-exit "
+          "inference over the test set (batches of 500, shrinking as images leave).", ""]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in sorted(runs, key=lambda r: r["name"]):
+        m, train = run["metrics"], run["config"]["train"]
+        curve = m.get("exit_curve") or []
+        if not curve:
+            continue
+        depth = run["config"]["model"]["config"]["depth"]
+        kind = "self-distillation" if train.get("distill") == "self" else "labels only"
+        label = f"{m['model']} on {m['dataset']}, {kind}"
+        md += [f"`{run['name']}` ({label}; final head {100 * m['test_accuracy']:.2f} %, {_amount_trained(run)}, "
+               f"{_fmt_time(m['train_time_s'])}; exit heads at blocks "
+               f"{run['config']['model']['config']['exit_blocks']} of {depth}):", "",
+               "| threshold | test accuracy | blocks per image | compute | images/s |", "|---:|---:|---:|---:|---:|"]
+        for row in curve:
+            if "images_per_s" in row:
+                md.append(f"| {row['threshold']:g} | {100 * row['accuracy']:.2f} % | {row['mean_blocks']:.2f} | "
+                          f"{100 * row['compute']:.0f} % | {row['images_per_s']:,.0f} |")
+        md += ["", f"Command: `{m.get('command', '?')}`", ""]
+        ax.plot([r["mean_blocks"] for r in curve], [100 * r["accuracy"] for r in curve], marker="o", markersize=3,
+                label=label)
+    ax.set(xlabel="encoder blocks run per image (average)", ylabel="test accuracy (%)",
+           title="Early exits: accuracy against compute, threshold swept")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = _save_figure(fig, out, "figures/early-exits.png")
+    return md + [f"![early exits]({name})", ""]
+
+
+def _self_distillation_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """Lesson 15's experiments: DINO pretraining, few-label fine-tuning, early exits."""
+    md = ["### Self-distillation (lesson 15)", ""]
+    dino = [r for r in runs if r["config"].get("method") == "dino"]
+    few = [r for r in runs if r["config"].get("experiment") == "dino-labels"]
+    exits = [r for r in runs if r["config"].get("experiment") == "exits"]
+    if dino:
+        md += _dino_lines(dino, out)
+    if few:
+        md += _few_label_lines(few, out)
+    if exits:
+        md += _exit_lines(exits, out)
+    return md
+
+
 def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results") -> Path:
     """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders; returns the .md path."""
     import html
@@ -435,8 +570,9 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
                 atomic_write(target / name, lambda tmp, source=run["path"] / name: shutil.copy2(source, tmp))
 
     by_dataset: dict[str, list[dict[str, Any]]] = {}
+    self_distillation = [run for run in runs if _is_self_distillation(run)]
     for run in runs:
-        if not _is_transfer(run):
+        if not _is_transfer(run) and run not in self_distillation:
             experiment = run["config"].get("experiment")
             key = run["metrics"]["dataset"] + (f" ({experiment} experiment)" if experiment else "")
             by_dataset.setdefault(key, []).append(run)
@@ -500,6 +636,8 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         md += ["**What the numbers say**", ""] + [f"- {line}" for line in _conclusions(dataset, rows, group)] + [""]
     if transfer:
         md += _transfer_section(transfer, out)
+    if self_distillation:
+        md += _self_distillation_section(self_distillation, out)
     md += ["## Reproducing", "",
            "Each command above recreates its run folder (same seed, same machine type: same numbers up to "
            "timing-dependent epoch counts for budgeted runs). Then `vitlab report <run folders> --out reports` "

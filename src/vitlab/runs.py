@@ -253,13 +253,14 @@ class Run:
     def write_metrics(self, metrics: dict[str, Any]) -> Path:
         return save_json(self.path / self.METRICS, metrics)
 
-    def write_history(self, history: Sequence[dict[str, Any]]) -> Path:
+    def write_history(self, history: Sequence[dict[str, Any]], fields: Sequence[str] = HISTORY_FIELDS) -> Path:
+        """``history.csv``: one row per epoch, the columns ``fields`` (a training run's by default)."""
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+                writer = csv.DictWriter(f, fieldnames=list(fields))
                 writer.writeheader()
                 for row in history:
-                    writer.writerow({k: row.get(k) for k in HISTORY_FIELDS})
+                    writer.writerow({k: row.get(k) for k in fields})
         return atomic_write(self.path / self.HISTORY, write)
 
     def save_weights(self, model: nn.Module) -> Path:
@@ -509,6 +510,10 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
         "time_budget_s": time_budget, "train_n": len(train_set), "recipe": config.to_dict(),
         **({"resumed_from": previous.get("command")} if previous else {}),
     }
+    if hasattr(net, "forward_exits"):  # an early-exit model: accuracy against compute, and measured speed
+        from .early_exit import exit_report
+
+        metrics["exit_curve"] = exit_report(net, test_set)
     run.write_metrics(metrics)
     run.write_figures(history, metrics, test_set.classes, f"{model} on {dataset}")
     if verbose:

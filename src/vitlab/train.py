@@ -49,7 +49,7 @@ __all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistCont
 
 Optimizer = Literal["adamw", "adam", "sgd"]
 Freeze = Literal["none", "backbone"]
-Distill = Literal["none", "soft", "hard"]
+Distill = Literal["none", "soft", "hard", "self"]
 
 #: Fine-tuning a pretrained model (``vitlab train --init``): the fields that replace the model's recipe.
 #: A lower peak learning rate than training from scratch (the features are already good: large steps
@@ -99,7 +99,8 @@ class TrainConfig(Config):
     teacher: str | None = field(default=None, metadata=_help("knowledge distillation: the teacher, a run folder or a "
                                                              "pretrained spec (see vitlab.distill)"))
     distill: Distill = field(default="none", metadata=_help("distillation loss: soft (KL to the teacher's softened "
-                                                            "probabilities) or hard (its argmax as a label)"))
+                                                            "probabilities), hard (its argmax as a label), or self "
+                                                            "(an early-exit model's exits learn from its final head)"))
     distill_alpha: float = field(default=0.5, metadata=_help("weight of the distillation term (the labels get "
                                                              "1 - alpha)"))
     distill_tau: float = field(default=1.0, metadata=_help("temperature of soft distillation"))
@@ -125,8 +126,9 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"TrainConfig.grad_clip must be positive, or None to disable, got {self.grad_clip}")
-        if (self.teacher is None) != (self.distill == "none"):
+        if (self.teacher is None) != (self.distill in ("none", "self")):
             raise ConfigError("distillation needs both a teacher and a kind: --teacher RUN --distill soft|hard "
+                              "(self-distillation, --distill self, takes no teacher) "
                               f"(got teacher={self.teacher!r}, distill={self.distill!r})")
         if not 0.0 <= self.distill_alpha <= 1.0 or not self.distill_tau > 0:
             raise ConfigError(f"TrainConfig.distill_alpha must be in [0, 1] and distill_tau positive, got "
@@ -215,8 +217,12 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
     :class:`vitlab.distill.DistillationLoss`, whose teacher sees the same batch). A model with two
     heads (DeiT in training) returns a pair of logits; the returned logits are their mean, as in
     evaluation."""
+    from .early_exit import ExitLoss, ExitOutputs
+
     with autocast if autocast is not None else nullcontext():
         outputs = model(images)
+        if criterion is None and isinstance(outputs, ExitOutputs):  # every head learns from the labels
+            criterion = ExitLoss([1] * len(outputs.logits), kind="none", label_smoothing=config.label_smoothing)
         if criterion is None and isinstance(outputs, tuple):  # two heads, no teacher: both learn from the labels
             from .distill import DistillationLoss
 
@@ -225,7 +231,10 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
             loss = criterion(images, outputs, labels)
     if criterion is None:
         loss = F.cross_entropy(outputs.float(), labels, label_smoothing=config.label_smoothing)
-    logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
+    if isinstance(outputs, ExitOutputs):  # an early-exit model is scored by its final head, as in evaluation
+        logits = outputs.final
+    else:
+        logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
