@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from vitlab.configs import ConfigError
 from vitlab.dino import (
-    DINOHead,
     DinoConfig,
+    DINOHead,
     DINOLoss,
     MultiCropWrapper,
     backbone_features,
@@ -232,6 +232,7 @@ def test_pretrain_then_fine_tune_from_the_run(mnist_available: None, tmp_path) -
     assert len(history) == 2 and {"teacher_entropy", "knn_accuracy"} <= set(history[0])
     metrics = Run(run).metrics()
     assert 0.0 <= metrics["knn_test_accuracy"] <= 1.0 and metrics["method"] == "dino"
+    assert main(["evaluate", str(run)]) == 2  # a feature extractor has nothing to evaluate: a clear error
     teacher = Run(run).model()
     assert teacher.config.num_classes == 0 and teacher.config.depth == 2
     # Resuming a finished run trains nothing more and gives the same teacher.
@@ -246,3 +247,10 @@ def test_pretrain_then_fine_tune_from_the_run(mnist_available: None, tmp_path) -
     tuned = Run(fine).model()
     assert tuned.config.num_classes == 10
     assert Run(fine).config()["init"]["spec"] == str(run)
+
+    from vitlab.report import build_report
+
+    report = build_report([run, fine], tmp_path / "report").read_text()
+    assert "DINO pretraining without labels" in report
+    assert f"{100 * metrics['knn_test_accuracy']:.2f} %" in report
+    assert (tmp_path / "report" / "figures" / "dino-monitors.png").is_file()

@@ -149,4 +149,19 @@ def test_train_run_with_self_distillation(mnist_available: None, tmp_path) -> No
                     subset=512, test_subset=200, progress=False, verbose=False)
     model = Run(run.path).model()
     assert isinstance(model, ExitViT) and model.config.exit_blocks == (1, 2)
+    # Resuming compares the saved config (JSON: lists) with a fresh one (tuples): they must be equal.
+    train_run("vit_mnist_exits", "mnist", tmp_path / "exits", model_args={"depth": 3, "exit_blocks": [1, 2]},
+              recipe={"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 5, "distill": "self"},
+              subset=512, test_subset=200, progress=False, verbose=False, resume=True)
     assert Run(run.path).config()["train"]["distill"] == "self"
+    metrics = Run(run.path).metrics()
+    curve = metrics["exit_curve"]
+    assert [row["threshold"] for row in curve] == sorted(row["threshold"] for row in curve)
+    assert curve[-1]["threshold"] == 1.0 and curve[-1]["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert all(row["images_per_s"] > 0 for row in curve if row["threshold"] in (0.9, 1.0))
+
+    from vitlab.report import build_report
+
+    report = build_report([run.path], tmp_path / "report").read_text()
+    assert "Early exits: accuracy against compute" in report and "exits" in report
+    assert (tmp_path / "report" / "figures" / "early-exits.png").is_file()

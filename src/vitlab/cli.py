@@ -249,6 +249,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
 
     run = Run(args.run)
+    if run.config().get("method") == "dino" or run.config().get("model", {}).get("config", {}).get("num_classes") == 0:
+        raise ValueError(f"{run.path} holds a feature extractor (a {run.config().get('method', 'headless')} backbone "
+                         "without a classifier): its k-NN and linear-probe accuracies are in its metrics.json; to "
+                         f"classify, fine-tune it first: vitlab train --init {run.path} --dataset ...")
     model = run.model(map_location=pick_device(args.device))
     dataset = run.dataset(args.split, name=args.dataset, root=args.data_root, subset=args.subset)
     started = time.perf_counter()

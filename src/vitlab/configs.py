@@ -53,7 +53,11 @@ class Config:
                 raise ConfigError(f"{type(self).__name__}.{field.name} = {value!r} is not allowed; choose {allowed}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """The fields as ``config.json`` stores them: tuples become lists, so a config read back from its
+        file compares equal to a fresh one (a resumed run checks exactly that)."""
+        def as_json(value: Any) -> Any:
+            return [as_json(v) for v in value] if isinstance(value, (tuple, list)) else value
+        return {k: as_json(v) for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
 
     @classmethod
     def field_names(cls) -> list[str]:

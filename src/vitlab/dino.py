@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -66,7 +65,8 @@ class DinoConfig(Config):
 
     epochs: int = field(default=10, metadata=_help("passes over the (unlabelled) training set"))
     batch_size: int = field(default=128, metadata=_help("images per step (each gives 2 global + local crops)"))
-    lr: float = field(default=5e-4, metadata=_help("peak learning rate (AdamW)"))
+    lr: float = field(default=5e-4, metadata=_help("peak learning rate (AdamW) per 256 images: the step uses "
+                                                   "lr * batch_size / 256, DINO's linear scaling rule"))
     min_lr: float = field(default=1e-6, metadata=_help("final learning rate of the cosine schedule"))
     warmup_epochs: float = field(default=1.0, metadata=_help("linear learning-rate warmup, in epochs"))
     weight_decay: float = field(default=0.04, metadata=_help("AdamW weight decay (biases, norms, tokens excluded)"))
@@ -522,7 +522,7 @@ def pretrain(model: str, dataset: str, out: str | os.PathLike[str], config: Dino
                          config.centering).to(device)
     groups = weight_decay_groups(student.backbone, config.weight_decay) + \
         weight_decay_groups(student.head, config.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr * config.batch_size / 256)
     pixels = train_set.images.to(device)  # uint8, moved once; multi_crop decodes each batch's views
     if len(train_set) < config.batch_size:
         raise ValueError(f"training set of {len(train_set)} images is smaller than one batch of {config.batch_size}")
@@ -580,7 +580,8 @@ def pretrain(model: str, dataset: str, out: str | os.PathLike[str], config: Dino
         config = DinoConfig.from_dict(run.config()["dino"])
         steps_per_epoch = min(full_epoch, config.max_steps_per_epoch or full_epoch)
     total = config.epochs * steps_per_epoch
-    lrs = cosine_schedule(config.lr, config.min_lr, total, int(config.warmup_epochs * steps_per_epoch))
+    peak_lr = config.lr * config.batch_size / 256  # the linear scaling rule of DINO's reference code
+    lrs = cosine_schedule(peak_lr, config.min_lr, total, int(config.warmup_epochs * steps_per_epoch))
     momentums = cosine_schedule(config.momentum_teacher, 1.0, total)
     temp_warmup = min(total, int(config.warmup_teacher_temp_epochs * steps_per_epoch))
     teacher_temps = torch.cat([torch.linspace(config.warmup_teacher_temp, config.teacher_temp, temp_warmup,
@@ -602,8 +603,7 @@ def pretrain(model: str, dataset: str, out: str | os.PathLike[str], config: Dino
     knn_at_init: float | None = None
     if resume and run.has_state():
         saved = run.config()
-        as_saved = json.loads(json.dumps({"model": run_config["model"], "dino": run_config["dino"]}))  # tuples: lists
-        if saved.get("model") != as_saved["model"] or saved.get("dino") != as_saved["dino"]:
+        if saved.get("model") != run_config["model"] or saved.get("dino") != run_config["dino"]:
             raise RunError(f"cannot resume {run.path}: its model or DINO settings differ from this command's")
         state = run.load_state(map_location=device)
         student.load_state_dict(state["student"])
