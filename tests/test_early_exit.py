@@ -146,13 +146,13 @@ def test_train_run_with_self_distillation(mnist_available: None, tmp_path) -> No
 
     run = train_run("vit_mnist_exits", "mnist", tmp_path / "exits", model_args={"depth": 3, "exit_blocks": [1, 2]},
                     recipe={"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 5, "distill": "self"},
-                    subset=512, test_subset=200, progress=False, verbose=False)
+                    subset=512, test_subset=200, progress=False, verbose=False, experiment="exits")
     model = Run(run.path).model()
     assert isinstance(model, ExitViT) and model.config.exit_blocks == (1, 2)
     # Resuming compares the saved config (JSON: lists) with a fresh one (tuples): they must be equal.
     train_run("vit_mnist_exits", "mnist", tmp_path / "exits", model_args={"depth": 3, "exit_blocks": [1, 2]},
               recipe={"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 5, "distill": "self"},
-              subset=512, test_subset=200, progress=False, verbose=False, resume=True)
+              subset=512, test_subset=200, progress=False, verbose=False, resume=True, experiment="exits")
     assert Run(run.path).config()["train"]["distill"] == "self"
     metrics = Run(run.path).metrics()
     curve = metrics["exit_curve"]

@@ -93,3 +93,36 @@ def test_shipped_swin_reproduces_its_test_accuracy():
     result = evaluate(run.model(), run.dataset("test"), batch_size=1000)
     assert result["n"] == run.metrics()["test_n"] == 10000
     assert abs(result["accuracy"] - run.metrics()["test_accuracy"]) <= 0.0005, result["accuracy"]
+
+
+@pytest.mark.usefixtures("mnist_available")
+def test_shipped_exit_model_reproduces_its_accuracy_and_exit_curve():
+    """weights/mnist-vit_mnist_exits, lesson 15's early-exit ViT: the recorded self-distillation run."""
+    from vitlab.early_exit import exit_curve
+
+    run = Run(shipped_run("mnist-vit_mnist_exits"))
+    assert not (run.path / "checkpoint.pt").exists() and (run.path / "model.safetensors").stat().st_size < 2 * 2**20
+    assert run.config()["train"]["distill"] == "self" and run.config()["experiment"] == "exits"
+    model, test_set = run.model(), run.dataset("test")
+    recorded = {row["threshold"]: row for row in run.metrics()["exit_curve"]}
+    for row in exit_curve(model, test_set, [0.9, 0.99, 1.0]):
+        assert abs(row["accuracy"] - recorded[row["threshold"]]["accuracy"]) <= 0.0005, row
+        assert abs(row["mean_blocks"] - recorded[row["threshold"]]["mean_blocks"]) <= 0.01, row
+    assert abs(recorded[1.0]["accuracy"] - run.metrics()["test_accuracy"]) <= 1e-9
+
+
+@pytest.mark.usefixtures("mnist_available")
+def test_shipped_dino_backbone_reproduces_its_knn_accuracy():
+    """weights/mnist-dino-vit_mnist, lesson 15's DINO teacher backbone: its recorded k-NN test accuracy."""
+    from vitlab.dino import extract_features, knn_classify
+
+    run = Run(shipped_run("mnist-dino-vit_mnist"))
+    assert not (run.path / "checkpoint.pt").exists() and run.config()["method"] == "dino"
+    model = run.model()
+    assert model.config.num_classes == 0
+    train_set, test_set = run.dataset("train"), run.dataset("test")
+    assert len(train_set) == run.metrics()["train_n"]
+    predictions = knn_classify(extract_features(model, train_set), train_set.labels, extract_features(model, test_set),
+                               10, k=run.config()["dino"]["knn_k"], temperature=run.config()["dino"]["knn_temperature"])
+    accuracy = (predictions == test_set.labels).float().mean().item()
+    assert abs(accuracy - run.metrics()["knn_test_accuracy"]) <= 0.0005, accuracy

@@ -224,7 +224,7 @@ class Run:
         recorded_subset = {"train": data.get("subset"), "test": data.get("test_subset")}.get(split)
         dataset = load_dataset(dataset_name, split, root=root, val_size=data.get("val_size", 0.1),
                                subset=subset if subset is not None or not own else recorded_subset,
-                               seed=config.get("train", {}).get("seed", 0), image_size=side,
+                               seed=config.get("train", config.get("dino", {})).get("seed", 0), image_size=side,
                                channels=fields.get("in_channels"), classes=data.get("class_subset") if own else None)
         if name is None and subset is None and not self.is_own_data(dataset):
             raise RunError(f"{self.path} was made with {data.get(f'{split}_n')} {split} images of {data.get('name')} "
