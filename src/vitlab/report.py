@@ -446,8 +446,12 @@ def _dino_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
           "entropy / log K | run |", "|---|---|---|---:|---:|---:|---|---|"]
     for run in runs:
         m = run["metrics"]
-        md.append(f"| {m['dataset']} | {m['model']} | {m['epochs']} epochs of {run['config']['dataset']['train_n']:,} "
-                  f"images, {_fmt_time(m['train_time_s'])} | {100 * (m.get('knn_test_accuracy_at_init') or 0):.2f} % "
+        dino, train_n = run["config"]["dino"], run["config"]["dataset"]["train_n"]
+        steps = dino.get("max_steps_per_epoch")
+        amount = (f"{m['epochs']} × {steps} steps of {dino['batch_size']} images "
+                  f"(≈ {m['epochs'] * steps * dino['batch_size'] / train_n:.2f} epochs)" if steps else
+                  f"{m['epochs']} epochs of {train_n:,} images")
+        md.append(f"| {m['dataset']} | {m['model']} | {amount}, {_fmt_time(m['train_time_s'])} | {100 * (m.get('knn_test_accuracy_at_init') or 0):.2f} % "
                   f"| **{100 * m['knn_test_accuracy']:.2f} %** | {100 * m['linear_probe_test_accuracy']:.2f} % | "
                   f"{m['final_teacher_entropy']:.2f} / {m['final_teacher_mean_entropy']:.2f} / {m['log_out_dim']:.2f} "
                   f"| `{out.name}/runs/{run['name']}` |")
