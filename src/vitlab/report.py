@@ -451,7 +451,8 @@ def _dino_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
         amount = (f"{m['epochs']} × {steps} steps of {dino['batch_size']} images "
                   f"(≈ {m['epochs'] * steps * dino['batch_size'] / train_n:.2f} epochs)" if steps else
                   f"{m['epochs']} epochs of {train_n:,} images")
-        md.append(f"| {m['dataset']} | {m['model']} | {amount}, {_fmt_time(m['train_time_s'])} | {100 * (m.get('knn_test_accuracy_at_init') or 0):.2f} % "
+        at_init = 100 * (m.get("knn_test_accuracy_at_init") or 0)
+        md.append(f"| {m['dataset']} | {m['model']} | {amount}, {_fmt_time(m['train_time_s'])} | {at_init:.2f} % "
                   f"| **{100 * m['knn_test_accuracy']:.2f} %** | {100 * m['linear_probe_test_accuracy']:.2f} % | "
                   f"{m['final_teacher_entropy']:.2f} / {m['final_teacher_mean_entropy']:.2f} / {m['log_out_dim']:.2f} "
                   f"| `{out.name}/runs/{run['name']}` |")
