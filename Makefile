@@ -183,3 +183,18 @@ selfdistill-labels: $(STAMP)
 RUNS ?= $(sort $(wildcard reports/runs/*))
 report: $(STAMP)
 	$(BIN)/python -m vitlab report $(RUNS) --out reports
+
+# Lesson 16's runs (about 50 minutes on a 2-core CPU): segmentation (Segmenter, linear and mask-transformer
+# decoders) and detection (YOLOS) on the MNIST canvases, each encoder from scratch or from the shipped MNIST
+# classifier (weights/vit_mnist). Then: vitlab report reports/runs/* runs/dense-* --out reports
+DENSE_FLAGS ?= --experiment dense --resume --quiet
+.PHONY: dense
+dense: $(STAMP)
+	$(BIN)/python -m vitlab train --task segment --model segmenter_linear_canvas --out runs/dense-seg-linear $(DENSE_FLAGS)
+	$(BIN)/python -m vitlab train --task segment --model segmenter_linear_canvas --init weights/vit_mnist \
+		--out runs/dense-seg-linear-init $(DENSE_FLAGS)
+	$(BIN)/python -m vitlab train --task segment --model segmenter_mask_canvas --init weights/vit_mnist \
+		--out runs/dense-seg-mask-init $(DENSE_FLAGS)
+	$(BIN)/python -m vitlab train --task detect --model yolos_canvas --out runs/dense-det-yolos $(DENSE_FLAGS)
+	$(BIN)/python -m vitlab train --task detect --model yolos_canvas --init weights/vit_mnist \
+		--out runs/dense-det-yolos-init $(DENSE_FLAGS)

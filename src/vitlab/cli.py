@@ -32,11 +32,11 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _model_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+def _model_overrides(pairs: Sequence[str], flag: str = "--model-arg") -> dict[str, Any]:
     overrides = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         overrides[key.strip()] = _parse_value(value)
     return overrides
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model and evaluate it on the test set",
                            formatter_class=_HelpFormatter, epilog="registered models:\n" + describe_models())
+    train.add_argument("--task", default=None, choices=["classify", "segment", "detect"],
+                       help="classify (default), or segment / detect the digits on MNIST canvases (vitlab.dense; "
+                            "default model segmenter_linear_canvas / yolos_canvas); a dense --model implies its task")
     train.add_argument("--model", default=None, choices=model_names(), metavar="MODEL",
                        help="a registered model (listed below; default vit_mnist), or none with --init")
     train.add_argument("--init", default=None, metavar="SPEC",
@@ -109,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on these classes only (names or indices, comma-separated), relabelled in order")
     train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field, e.g. --model-arg patch_size=7 (repeatable)")
-    train.add_argument("--dataset", default="mnist",
-                       help="mnist, fashion-mnist, cifar10, cifar10-subset, cifar100 or folder:PATH")
+    train.add_argument("--dataset", default=None,
+                       help="mnist (default), fashion-mnist, cifar10, cifar10-subset, cifar100 or folder:PATH; "
+                            "mnist-canvas for --task segment|detect")
+    train.add_argument("--canvas-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="--task segment|detect: a vitlab.canvas.CanvasConfig field, e.g. --canvas-arg "
+                            "train_size=5000 (repeatable)")
     train.add_argument("--data-root", default=None, help="dataset folder ($VITLAB_DATA, else ./data)")
     _add_config_flags(train.add_argument_group(
         "training recipe (unset flags take the model's tuned recipe, see vitlab.registry, else the value shown)"),
@@ -200,6 +207,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
     from .train import TrainConfig, leave_process_group
 
+    task = _task(args)
+    if task != "classify":
+        return _train_dense(args, task)
+    if args.canvas_arg:
+        raise ValueError("--canvas-arg is for --task segment|detect")
+    args.dataset = args.dataset or "mnist"
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
     finished = False
@@ -214,13 +227,52 @@ def cmd_train(args: argparse.Namespace) -> int:
                   experiment=args.experiment)
         finished = True
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: say it once
-            print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the "
-                  "same command plus --resume", file=sys.stderr)
-        return 130
+        # Under torchrun every process gets the signal: say it once.
+        return _interrupted(args.out) if os.environ.get("RANK", "0") == "0" else 130
     finally:
         # Wait for the other ranks only after a clean finish: after an error or Ctrl-C some never arrive.
         leave_process_group(wait=finished)
+    return 0
+
+
+def _task(args: argparse.Namespace) -> str:
+    """--task, or the task of --model when it is a dense model; refuses a model of another task."""
+    from .registry import get_model
+
+    model_task = getattr(get_model(args.model).model_class, "task", "classify") if args.model else None
+    task = args.task or model_task or ("segment" if args.dataset == "mnist-canvas" else "classify")
+    if model_task is not None and model_task != task:
+        raise ValueError(f"--model {args.model} is a {model_task} model, not a {task} one (--task {task})")
+    return task
+
+
+def _interrupted(out: str) -> int:
+    print(f"\ninterrupted: the last finished epoch (if any) is saved in {out}; continue with the same command "
+          "plus --resume", file=sys.stderr)
+    return 130
+
+
+def _train_dense(args: argparse.Namespace, task: str) -> int:
+    from .canvas import CanvasConfig
+    from .dense import dense_run
+    from .train import TrainConfig
+
+    if args.dataset not in (None, "mnist-canvas"):
+        raise ValueError(f"--task {task} trains on the MNIST canvases (--dataset mnist-canvas), not {args.dataset}")
+    for flag, value, default in (("--time-budget", args.time_budget, None), ("--classes", args.classes, None),
+                                 ("--subset", args.subset, None), ("--test-subset", args.test_subset, None),
+                                 ("--image-size", args.image_size, None), ("--val-size", args.val_size, 0.1)):
+        if value != default:
+            raise ValueError(f"{flag} is for classification; with --task {task} set the canvases with --canvas-arg "
+                             "(e.g. train_size=5000, canvas_size=...) and the length with --epochs")
+    canvas = CanvasConfig.from_dict({"seed": args.seed, **_model_overrides(args.canvas_arg, "--canvas-arg")})
+    try:
+        dense_run(task, args.model, args.out, recipe=_config_overrides(args, TrainConfig),
+                  model_args=_model_overrides(args.model_arg), canvas=canvas, init=args.init, seed=args.seed,
+                  data_root=args.data_root, resume=args.resume, device=args.device, progress=not args.quiet,
+                  experiment=args.experiment)
+    except KeyboardInterrupt:
+        return _interrupted(args.out)
     return 0
 
 
@@ -237,9 +289,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                  val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, time_budget=args.time_budget,
                  resume=args.resume, device=args.device, progress=not args.quiet, experiment=args.experiment)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch (if any) is saved in {args.out}; continue with the same "
-              "command plus --resume", file=sys.stderr)
-        return 130
+        return _interrupted(args.out)
     return 0
 
 
@@ -249,6 +299,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
 
     run = Run(args.run)
+    if run.config().get("task") in ("segment", "detect"):
+        return _evaluate_dense(args, run)
     if run.config().get("method") == "dino" or run.config().get("model", {}).get("config", {}).get("num_classes") == 0:
         raise ValueError(f"{run.path} holds a feature extractor (a {run.config().get('method', 'headless')} backbone "
                          "without a classifier): its k-NN and linear-probe accuracies are in its metrics.json; to "
@@ -271,6 +323,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:
+    from .dense import evaluate_dense_run
+
+    if args.dataset not in (None, "mnist-canvas") or args.subset is not None:
+        raise ValueError(f"{run.path} is a {run.config()['task']} run: it is evaluated on its own canvases "
+                         "(no --dataset or --subset)")
+    write = not args.no_write and run.is_finished()
+    started = time.perf_counter()
+    result = evaluate_dense_run(run, args.split, args.batch_size, args.device, args.data_root, write=write)
+    elapsed = time.perf_counter() - started
+    if run.config()["task"] == "segment":
+        classes = run.config()["dataset"]["classes"]
+        print(f"{'class':>12}  {'IoU':>7}")
+        for name, iou in zip(classes, result["per_class_iou"]):
+            print(f"{name:>12}  {100 * iou:6.2f}%")
+        print(f"{args.split} mIoU of {run.path}: {100 * result['miou']:.2f}% (digits only "
+              f"{100 * result['miou_objects']:.2f}%), pixel accuracy {100 * result['pixel_accuracy']:.2f}% "
+              f"({result['n']:,} canvases, {elapsed:.1f} s)")
+    else:
+        print(f"{'digit':>6}  {'AP@[.5:.95]':>11}")
+        for digit, ap in enumerate(result["per_class_ap"]):
+            print(f"{digit:>6}  {100 * ap:10.2f}%")
+        print(f"{args.split} mAP@[.5:.95] of {run.path}: {100 * result['map']:.2f}%, mAP@0.5 "
+              f"{100 * result['map_50']:.2f}%, mAP@0.75 {100 * result['map_75']:.2f}% ({result['n']:,} canvases, "
+              f"{elapsed:.1f} s)")
+    print(f"updated {run.path / run.METRICS}" if write else "metrics.json not written")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
@@ -280,6 +361,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .runs import Run
 
     run = Run(args.run)
+    if run.config().get("task") in ("segment", "detect"):
+        raise ValueError(f"{run.path} is a {run.config()['task']} run: explain draws classification maps; its "
+                         "predictions are in predictions.png (lesson 16 shows more)")
     model = run.model()
     dataset = run.dataset(args.split, name=args.dataset, root=args.data_root)
     try:

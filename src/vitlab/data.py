@@ -57,7 +57,8 @@ from .checkpoint import atomic_write
 
 __all__ = [
     "DATASETS", "BatchLoader", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
-    "cache_dir", "canonical_name", "data_root", "load_dataset", "load_image_folder", "normalize", "split_indices",
+    "cache_dir", "canonical_name", "data_root", "epoch_order", "load_dataset", "load_image_folder", "normalize",
+    "split_indices",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -171,6 +172,13 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"validation size {val_size} must be in [0, {n})")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled order of ``range(n)`` for one epoch of a run seeded with ``seed``: a permutation
+    drawn from the seed and the epoch, so every loader in vitlab (classification, DINO, dense tasks)
+    visits the data in the same reproducible order and a resumed run continues it exactly."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):
@@ -298,10 +306,7 @@ class BatchLoader:
 
     def _indices(self) -> Tensor:
         n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(n)
+        order = epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
             per_rank = n // self.world_size  # equal shards keep DDP ranks in lock-step
             order = order[: per_rank * self.world_size][self.rank :: self.world_size]

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .configs import Config, ConfigError
-from .data import BatchLoader, ImageTensorDataset, normalize
+from .data import BatchLoader, ImageTensorDataset, epoch_order, normalize
 
 __all__ = ["DinoConfig", "random_resized_crop", "color_jitter", "multi_crop", "DINOHead", "DINOLoss",
            "MultiCropWrapper", "backbone_features", "cosine_schedule", "ema_update", "output_entropies",
@@ -695,10 +695,9 @@ def pretrain(model: str, dataset: str, out: str | os.PathLike[str], config: Dino
 
 
 def _epoch_batches(images: Tensor, batch_size: int, seed: int, epoch: int, steps: int) -> list[Tensor]:
-    """The first ``steps`` full batches of an epoch's seeded shuffle (the rule of :class:`BatchLoader`:
-    one permutation per ``(seed, epoch)``), as uint8 image batches ``(B, C, H, W)``."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    order = order.to(images.device)
+    """The first ``steps`` full batches of an epoch's seeded shuffle (:func:`vitlab.data.epoch_order`, the
+    rule of :class:`BatchLoader`), as uint8 image batches ``(B, C, H, W)``."""
+    order = epoch_order(len(images), seed, epoch).to(images.device)
     return [images[order[i * batch_size:(i + 1) * batch_size]] for i in range(steps)]
 
 

@@ -53,18 +53,21 @@ def show_images(images: Tensor, titles: Sequence[str] | None = None, ncols: int 
     return fig
 
 
-def plot_history(history: Sequence[dict[str, Any]], title: str | None = None) -> Figure:
-    """Loss and accuracy per epoch, train vs validation, side by side."""
+def plot_history(history: Sequence[dict[str, Any]], title: str | None = None,
+                 scores: Sequence[tuple[str, str]] = (("train_accuracy", "train"), ("val_accuracy", "validation")),
+                 score_name: str = "accuracy") -> Figure:
+    """Loss and a score per epoch, train vs validation, side by side. ``scores``: the ``(key, label)``
+    pairs drawn on the right, in percent (accuracy by default; mIoU or mAP for dense tasks)."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "validation", "-s")):
         if all(key in row for row in history):
             ax_loss.plot(epochs, [row[key] for row in history], style, label=label, markersize=4)
-    for key, label, style in (("train_accuracy", "train", "-o"), ("val_accuracy", "validation", "-s")):
+    for (key, label), style in zip(scores, ("-o", "-s", "-^", "-v")):
         if all(key in row for row in history):
             ax_acc.plot(epochs, [100 * row[key] for row in history], style, label=label, markersize=4)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel=f"{score_name} (%)", title=score_name[0].upper() + score_name[1:])
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

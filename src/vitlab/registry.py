@@ -36,6 +36,8 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vitlab.deit",    # DeiT: a ViT with a distillation token (deit_mnist, deit_cifar_small)
     "vitlab.swin",    # Swin Transformer: shifted-window attention, a pyramid (swin_mnist, swin_cifar)
     "vitlab.early_exit",  # a ViT with early exits (vit_mnist_exits, vit_cifar_small_exits)
+    "vitlab.segmentation",  # Segmenter: a ViT encoder, linear or mask-transformer decoder (segmenter_*_canvas)
+    "vitlab.detection",  # YOLOS: a ViT with detection tokens, DETR's set loss (yolos_canvas)
 )
 
 

@@ -36,6 +36,7 @@ from .augment import get_augmentation
 from .checkpoint import CheckpointError, unwrap
 from .configs import Config, ConfigError
 from .data import BatchLoader, ImageTensorDataset
+from .early_exit import ExitLoss, ExitOutputs
 from .runtime import pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -217,8 +218,6 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
     :class:`vitlab.distill.DistillationLoss`, whose teacher sees the same batch). A model with two
     heads (DeiT in training) returns a pair of logits; the returned logits are their mean, as in
     evaluation."""
-    from .early_exit import ExitLoss, ExitOutputs
-
     with autocast if autocast is not None else nullcontext():
         outputs = model(images)
         if criterion is None and isinstance(outputs, ExitOutputs):  # every head learns from the labels
