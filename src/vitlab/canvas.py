@@ -5,14 +5,19 @@ one box and class per object. No such dataset exists offline, so vitlab makes on
 real handwritten digits, resized and placed on a larger black canvas::
 
     canvas (1, S, S) uint8      1-4 digits (configurable) at random scales and positions
-    mask   (S, S)    uint8      0 = background, 1 + d = ink of digit d (the digit drawn last wins)
-    boxes  (M, 4)    float32    one tight box per digit around its ink, (x1, y1, x2, y2) in pixels
+    mask   (S, S)    uint8      0 = background, 1 + d = the region of digit d (the digit drawn last wins)
+    boxes  (M, 4)    float32    one tight box per digit around its region, (x1, y1, x2, y2) in pixels
     labels (M,)      int64      the digit of each box; rows past the canvas's digit count are -1
 
-The ink of a digit is its pixels >= ``ink_threshold`` after resizing; the box is the tight box of
-that ink (x2, y2 exclusive: pixel edges), so masks and boxes describe the same strokes. Digits may
-touch and overlap, but a new digit is placed elsewhere (up to 50 tries, else dropped) when its box
-would cover more than ``max_overlap`` of a smaller box already there: a digit is never hidden.
+The ink of a digit is its pixels >= ``ink_threshold`` after resizing; its *region* is that ink grown
+by ``mask_dilation`` pixels in every direction (a square max filter). Why grow it: MNIST strokes are
+1-3 pixels wide, thinner than a 7 x 7 patch, so a ViT that decides per patch would do best by
+calling every patch background; a region a few pixels wider than the strokes is what a patch-level
+model can actually outline (``mask_dilation=0`` keeps the bare strokes: try it in lesson 16's
+exercises). The box is the tight box of the region (x2, y2 exclusive: pixel edges), so masks and
+boxes describe the same pixels. Digits may touch and overlap, but a new digit is placed elsewhere
+(up to 50 tries, else dropped) when its box would cover more than ``max_overlap`` of a smaller box
+already there: a digit is never hidden.
 
 Splits come from MNIST's own: ``train`` canvases use MNIST training digits outside vitlab's seeded
 validation split of MNIST (the same 10 % that ``load_dataset("mnist", "val")`` holds out), ``val``
@@ -51,7 +56,7 @@ DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 SEGMENTATION_CLASSES: tuple[str, ...] = ("background", *DIGITS)
 CANVAS_MEAN: tuple[float] = (0.1307,)  # MNIST's: see the module docstring
 CANVAS_STD: tuple[float] = (0.3081,)
-_VERSION = 1  # bump when the generator changes, so old caches are not read as new canvases
+_VERSION = 2  # bump when the generator changes, so old caches are not read as new canvases
 _SPLITS = ("train", "val", "test")
 
 
@@ -67,6 +72,7 @@ class CanvasConfig(Config):
     max_digit_size: int = 28
     max_overlap: float = 0.3
     ink_threshold: int = 128
+    mask_dilation: int = 2
     train_size: int = 20_000
     val_size: int = 1_000
     test_size: int = 2_000
@@ -81,6 +87,8 @@ class CanvasConfig(Config):
                               f"{self.min_digit_size}, {self.max_digit_size}, {self.canvas_size}")
         if not 0 <= self.max_overlap <= 1:
             raise ConfigError(f"max_overlap is a fraction in [0, 1], got {self.max_overlap}")
+        if not 0 <= self.mask_dilation <= 8:
+            raise ConfigError(f"mask_dilation is a few pixels in [0, 8], got {self.mask_dilation}")
         if not 1 <= self.ink_threshold <= 255:
             raise ConfigError(f"ink_threshold is a uint8 level in [1, 255], got {self.ink_threshold}")
         if min(self.train_size, self.val_size, self.test_size) < 1:
@@ -173,13 +181,26 @@ def _overlap(box: np.ndarray, others: np.ndarray) -> float:
     return float((w * h / np.minimum(area, areas)).max())
 
 
+def _region(digit: Tensor, y: int, x: int, size: int, config: CanvasConfig) -> Tensor:
+    """Where a digit pasted at ``(y, x)`` counts as the digit: its ink grown by ``mask_dilation`` pixels.
+    ``(s, s) uint8 -> (S, S) bool`` on the whole canvas (the growth may reach past the pasted square)."""
+    ink = torch.zeros(size, size, dtype=torch.bool)
+    side = digit.shape[0]
+    ink[y:y + side, x:x + side] = digit >= config.ink_threshold
+    d = config.mask_dilation
+    if d == 0:
+        return ink
+    return F.max_pool2d(ink[None, None].float(), 2 * d + 1, stride=1, padding=d)[0, 0].bool()
+
+
 def make_canvases(digits: Tensor, digit_labels: Tensor, n: int, config: CanvasConfig,
                   seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Draw ``n`` canvases from a pool of digits.
 
     ``digits (D, 28, 28) uint8``, ``digit_labels (D,)`` -> images ``(n, 1, S, S) uint8``, masks
     ``(n, S, S) uint8``, boxes ``(n, M, 4) float32``, labels ``(n, M) int64`` (M = ``max_digits``).
-    The digits are pasted with ``max`` (ink over ink stays ink); the mask takes the digit drawn last.
+    The digits are pasted with ``max`` (ink over ink stays ink); the mask takes the digit drawn last
+    (its region: the ink grown by ``mask_dilation``).
     """
     rng = np.random.default_rng(seed)
     size, m = config.canvas_size, config.max_digits
@@ -193,23 +214,23 @@ def make_canvases(digits: Tensor, digit_labels: Tensor, n: int, config: CanvasCo
             source = int(rng.integers(len(digits)))
             side = int(rng.integers(config.min_digit_size, config.max_digit_size + 1))
             digit = _resize_digit(digits[source], side)
-            ink = digit >= config.ink_threshold
-            if not ink.any():  # a faint digit shrunk to nothing: draw another
+            if not (digit >= config.ink_threshold).any():  # a faint digit shrunk to nothing: draw another
                 continue
-            rows, cols = ink.any(dim=1).nonzero().squeeze(1), ink.any(dim=0).nonzero().squeeze(1)
-            tight = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
+            y, x = 0, 0
             for _ in range(50):
                 y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-                box = tight + np.array([x, y, x, y])
+                region = _region(digit, y, x, size, config)                                # (S, S) bool
+                rows, cols = region.any(dim=1).nonzero().squeeze(1), region.any(dim=0).nonzero().squeeze(1)
+                box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
                 if _overlap(box, np.array(placed).reshape(-1, 4)) <= config.max_overlap:
                     break
             else:
                 continue  # no room: this canvas gets fewer digits
             k = len(placed)
             placed.append(box)
-            region = images[i, 0, y:y + side, x:x + side]
-            torch.maximum(region, digit, out=region)
-            masks[i, y:y + side, x:x + side][ink] = int(digit_labels[source]) + 1
+            pixels = images[i, 0, y:y + side, x:x + side]
+            torch.maximum(pixels, digit, out=pixels)
+            masks[i][region] = int(digit_labels[source]) + 1
             boxes[i, k] = torch.from_numpy(box).float()
             labels[i, k] = int(digit_labels[source])
     return images, masks, boxes, labels

@@ -659,7 +659,18 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
     same split and subset. Images are ``(N, C, H, W)`` uint8 (``(N, 3, 32, 32)`` for CIFAR).
     ``classes`` (names or indices) keeps only those classes, relabelled in that order
     (:meth:`ImageTensorDataset.select_classes`), before the validation split and the subset.
+
+    ``mnist-canvas`` returns the dense dataset of :mod:`vitlab.canvas` (a
+    :class:`~vitlab.canvas.CanvasDataset` of its default :class:`~vitlab.canvas.CanvasConfig` with
+    this ``seed``: masks and boxes instead of one label; ``vitlab.canvas.load_canvas`` takes a config).
     """
+    if name.lower() == "mnist-canvas":
+        from .canvas import CanvasConfig, load_canvas
+
+        if subset is not None or classes is not None or image_size is not None or split not in ("train", "val", "test"):
+            raise ValueError("mnist-canvas has the splits train, val and test, and no subset, classes or image_size: "
+                             "set its size with vitlab.canvas.CanvasConfig and load_canvas")
+        return load_canvas(split, CanvasConfig(seed=seed), root, download)  # type: ignore[return-value]
     if name.startswith("folder:"):
         return load_image_folder(name[len("folder:"):], split, image_size=image_size or 32,
                                  channels=channels or 3, val_size=val_size, seed=seed, subset=subset, classes=classes)

@@ -425,9 +425,9 @@ def plot_predictions(model: nn.Module, dataset: CanvasDataset, indices: Sequence
         predicted = output.argmax(1).cpu()
         fig, axes = plt.subplots(3, cols, figsize=(1.9 * cols, 6.2), squeeze=False)
         for j, i in enumerate(indices):
-            axes[0, j].imshow(dataset.images[i, 0], cmap="gray")
-            axes[1, j].imshow(dataset.masks[i], cmap=cmap, vmin=0, vmax=10, interpolation="nearest")
-            axes[2, j].imshow(predicted[j], cmap=cmap, vmin=0, vmax=10, interpolation="nearest")
+            axes[0, j].imshow(dataset.images[i, 0].numpy(), cmap="gray")
+            axes[1, j].imshow(dataset.masks[i].numpy(), cmap=cmap, vmin=0, vmax=10, interpolation="nearest")
+            axes[2, j].imshow(predicted[j].numpy(), cmap=cmap, vmin=0, vmax=10, interpolation="nearest")
         for row, label in enumerate(("canvas", "true mask", "predicted")):
             axes[row, 0].set_ylabel(label)
         fig.legend(handles=[Patch(color=_COLORS[k + 1], label=str(k)) for k in range(10)], loc="lower center",
@@ -438,7 +438,7 @@ def plot_predictions(model: nn.Module, dataset: CanvasDataset, indices: Sequence
         fig, axes = plt.subplots(1, cols, figsize=(2.2 * cols, 2.8), squeeze=False)
         for j, i in enumerate(indices):
             ax = axes[0, j]
-            ax.imshow(dataset.images[i, 0], cmap="gray")
+            ax.imshow(dataset.images[i, 0].numpy(), cmap="gray")
             truth = dataset.targets(i)
             for box in truth["boxes"]:
                 x1, y1, x2, y2 = box.tolist()
