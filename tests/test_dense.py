@@ -26,7 +26,7 @@ from vitlab.detection import (
     targets_from_canvas,
 )
 from vitlab.runs import Run, RunError
-from vitlab.segmentation import Segmenter, SegmentationMetrics, segmentation_loss
+from vitlab.segmentation import SegmentationMetrics, Segmenter, segmentation_loss
 
 TINY = dict(canvas_size=28, min_digit_size=8, max_digit_size=14, train_size=96, val_size=16, test_size=16)
 TINY_MODEL = dict(image_size=28, patch_size=7, dim=32, depth=2, heads=2)
@@ -304,4 +304,32 @@ def test_dense_runs_refuse_what_they_cannot_use(tmp_path):
         dense_run("segment", None, tmp_path / "x", recipe={"augment": "digits"})
     with pytest.raises(ValueError, match="unknown task"):
         dense_run("classify", None, tmp_path / "x")  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()
+
+
+
+def test_cli_trains_evaluates_and_refuses(mnist_available, tmp_path, monkeypatch, capsys):
+    from vitlab.cli import main
+
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "seg"
+    small = ["--canvas-arg", "train_size=64", "--canvas-arg", "val_size=8", "--canvas-arg", "test_size=8"]
+    assert main(["train", "--task", "segment", *small, "--epochs", "1", "--batch-size", "32", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "test mIoU" in capsys.readouterr().out and (out / "metrics.json").is_file()
+    assert main(["evaluate", str(out), "--split", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert "val mIoU" in printed and "background" in printed
+    assert "val_miou" in json.loads((out / "metrics.json").read_text())
+    for args, message in ((["explain", str(out), "--out", str(tmp_path / "m.png")], "predictions.png"),
+                          (["train", "--task", "detect", "--model", "segmenter_linear_canvas", "--out",
+                            str(tmp_path / "x")], "is a segment model"),
+                          (["train", "--task", "detect", "--time-budget", "60", "--out", str(tmp_path / "x")],
+                           "--time-budget is for classification"),
+                          (["train", "--task", "detect", "--dataset", "cifar10", "--out", str(tmp_path / "x")],
+                           "mnist-canvas"),
+                          (["train", "--task", "segment", "--canvas-arg", "max_digits=0", "--out",
+                            str(tmp_path / "x")], "min_digits <= max_digits")):
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -15,6 +15,19 @@ Model families (one module each, registered in :mod:`vitlab.registry`)
 
 * :mod:`vitlab.model`      :class:`ViT`, :class:`ViTConfig`, the ViT presets
 * :mod:`vitlab.cnn`        CNN baselines: ResNet-18, VGG-11-BN, a small CNN
+* :mod:`vitlab.deit`       DeiT: a ViT with a distillation token (lesson 13)
+* :mod:`vitlab.swin`       Swin Transformer: shifted windows, a pyramid (lesson 14)
+* :mod:`vitlab.early_exit` a ViT with early exits (lesson 15)
+* :mod:`vitlab.segmentation` Segmenter: linear and mask-transformer decoders, mIoU (lesson 16)
+* :mod:`vitlab.detection`  YOLOS: detection tokens, Hungarian matching, DETR's set loss, mAP (lesson 16)
+
+Beyond one training run
+
+* :mod:`vitlab.pretrained` timm, torchvision and Hugging Face ViTs converted; ``adapt`` to a new task (lesson 12)
+* :mod:`vitlab.distill`    knowledge distillation losses (lesson 13)
+* :mod:`vitlab.dino`       DINO self-supervised pretraining, k-NN and linear probes (lesson 15)
+* :mod:`vitlab.canvas`     MNIST canvases: masks and boxes from real digits (lesson 16)
+* :mod:`vitlab.dense`      training and evaluating segmentation and detection run folders (lesson 16)
 
 The engine
 

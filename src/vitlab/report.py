@@ -554,6 +554,82 @@ def _self_distillation_section(runs: list[dict[str, Any]], out: Path) -> list[st
     return md
 
 
+def _is_dense(run: dict[str, Any]) -> bool:
+    return run["config"].get("task") in ("segment", "detect")
+
+
+def _encoder_start(run: dict[str, Any]) -> str:
+    init = run["config"].get("init")
+    return f"classifier `{Path(init['spec']).name}`" if init else "scratch"
+
+
+def _dense_figure(runs: list[dict[str, Any]], out: Path) -> str:
+    """Validation score per epoch (mIoU or mAP@0.5) and the test score per class, one line / bar group per run."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), squeeze=False)
+    for row, task, key, per_class, label in ((0, "segment", "val_miou", "per_class_iou", "IoU"),
+                                             (1, "detect", "val_map_50", "per_class_ap", "AP@[.5:.95]")):
+        group = [r for r in runs if r["config"]["task"] == task]
+        ax_curve, ax_class = axes[row]
+        for i, run in enumerate(group):
+            epochs = [h["epoch"] for h in run["history"]]
+            ax_curve.plot(epochs, [100 * h[key] for h in run["history"]], "-o", markersize=3, label=run["name"])
+            classes = list(run["metrics"][per_class])
+            width = 0.8 / max(len(group), 1)
+            ax_class.bar([j + i * width for j in range(len(classes))],
+                         [100 * run["metrics"][per_class][c] for c in classes], width, label=run["name"])
+            ax_class.set_xticks([j + 0.4 - width / 2 for j in range(len(classes))], classes, fontsize=8)
+        ax_curve.set(xlabel="epoch", ylabel=("validation mIoU" if task == "segment" else "validation mAP@0.5") + " (%)",
+                     title="Segmentation" if task == "segment" else "Detection")
+        ax_class.set(ylabel=f"test {label} (%)", title=f"Test {label} per class")
+        for ax in (ax_curve, ax_class):
+            ax.grid(alpha=0.3)
+            if group:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_figure(fig, out / "figures", "dense.png")
+
+
+def _dense_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """Lesson 16's experiments: Segmenter and YOLOS on the MNIST canvases, from scratch or a classifier."""
+    canvas = runs[0]["config"]["dataset"].get("canvas", {})
+    md = ["### Segmentation and detection on MNIST canvases (lesson 16)", "",
+          f"Canvases of {canvas.get('canvas_size')}×{canvas.get('canvas_size')} pixels with "
+          f"{canvas.get('min_digits')}–{canvas.get('max_digits')} real MNIST digits each "
+          f"({canvas.get('min_digit_size')}–{canvas.get('max_digit_size')} px; `vitlab.canvas`), "
+          f"{runs[0]['config']['dataset'].get('train_n', 0):,} for training, "
+          f"{runs[0]['config']['dataset'].get('test_n', 0):,} test canvases drawn from MNIST's test digits only. "
+          "mIoU is over the 11 classes (background and ten digits) on all test pixels together; mAP is COCO's "
+          "(torchmetrics with pycocotools). \"scratch\" is a random encoder; a classifier start copies the encoder "
+          "of a ViT trained on MNIST digit classification (its 4×4 position table resampled to 8×8).", ""]
+    segment = [r for r in runs if r["config"]["task"] == "segment"]
+    detect = [r for r in runs if r["config"]["task"] == "detect"]
+    if segment:
+        md += ["| run | decoder | encoder start | test mIoU | mIoU (digits only) | pixel accuracy | parameters | "
+               "training | train canvases/s |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
+        for run in sorted(segment, key=lambda r: -r["metrics"]["test_miou"]):
+            m = run["metrics"]
+            md.append(f"| `{run['name']}` | {run['config']['model']['config']['decoder']} | {_encoder_start(run)} | "
+                      f"**{100 * m['test_miou']:.2f} %** | {100 * m['test_miou_objects']:.2f} % | "
+                      f"{100 * m['test_pixel_accuracy']:.2f} % | {m['params']:,} | {_amount_trained(run)}, "
+                      f"{_fmt_time(m['train_time_s'])} | {_throughput(run) or 0:,.0f} |")
+        md.append("")
+    if detect:
+        md += ["| run | encoder start | test mAP@[.5:.95] | mAP@0.5 | mAP@0.75 | parameters | training | "
+               "train canvases/s |", "|---|---|---:|---:|---:|---:|---|---:|"]
+        for run in sorted(detect, key=lambda r: -r["metrics"]["test_map"]):
+            m = run["metrics"]
+            md.append(f"| `{run['name']}` | {_encoder_start(run)} | **{100 * m['test_map']:.2f} %** | "
+                      f"{100 * m['test_map_50']:.2f} % | {100 * m['test_map_75']:.2f} % | {m['params']:,} | "
+                      f"{_amount_trained(run)}, {_fmt_time(m['train_time_s'])} | {_throughput(run) or 0:,.0f} |")
+        md.append("")
+    md += [f"![segmentation and detection]({_dense_figure(runs, out)})", "", "Recipes and commands:", ""]
+    for run in runs:
+        md.append(f"- `{run['name']}`: {_recipe_text(run)}. Command: `{run['metrics'].get('command', '?')}`")
+    return md + [""]
+
+
 def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results") -> Path:
     """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders; returns the .md path."""
     import html
@@ -576,8 +652,9 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
 
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     self_distillation = [run for run in runs if _is_self_distillation(run)]
+    dense = [run for run in runs if _is_dense(run)]
     for run in runs:
-        if not _is_transfer(run) and run not in self_distillation:
+        if not _is_transfer(run) and run not in self_distillation and run not in dense:
             experiment = run["config"].get("experiment")
             key = run["metrics"]["dataset"] + (f" ({experiment} experiment)" if experiment else "")
             by_dataset.setdefault(key, []).append(run)
@@ -643,6 +720,8 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         md += _transfer_section(transfer, out)
     if self_distillation:
         md += _self_distillation_section(self_distillation, out)
+    if dense:
+        md += _dense_section(dense, out)
     md += ["## Reproducing", "",
            "Each command above recreates its run folder (same seed, same machine type: same numbers up to "
            "timing-dependent epoch counts for budgeted runs). Then `vitlab report <run folders> --out reports` "
