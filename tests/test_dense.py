@@ -297,6 +297,32 @@ def test_dense_runs_train_resume_evaluate_and_start_from_a_classifier(mnist_avai
     assert [row["epoch"] for row in det.history()] == [1, 2]
 
 
+def test_an_interrupted_dense_run_resumes_to_the_same_weights(mnist_available, tmp_path, monkeypatch):
+    import vitlab.dense as dense
+
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    canvas = CanvasConfig(train_size=96, val_size=8, test_size=8)
+    args = dict(recipe={"epochs": 2, "batch_size": 32}, canvas=canvas, progress=False, verbose=False)
+    straight = dense_run("detect", None, tmp_path / "straight", **args)
+    real_evaluate, calls = dense.evaluate_dense, []
+
+    def interrupt_in_epoch_two(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2's validation: epoch 1 is saved, epoch 2 is lost
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(dense, "evaluate_dense", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        dense_run("detect", None, tmp_path / "cut", **args)
+    assert len(Run(tmp_path / "cut").history()) == 1
+    monkeypatch.setattr(dense, "evaluate_dense", real_evaluate)
+    resumed = dense_run("detect", None, tmp_path / "cut", resume=True, **args)
+    for a, b in zip(straight.model().state_dict().values(), resumed.model().state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.metrics()["test_map"] == straight.metrics()["test_map"]
+
+
 def test_dense_runs_refuse_what_they_cannot_use(tmp_path):
     with pytest.raises(ValueError, match="not a detect model"):
         dense_run("detect", "segmenter_linear_canvas", tmp_path / "x", canvas=CanvasConfig(**TINY))

@@ -27,6 +27,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -76,8 +77,6 @@ def dense_step(model: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim
                grad_clip: float | None = 1.0, autocast: Any = None) -> tuple[float, dict[str, float]]:
     """One optimizer step on a canvas batch ``(images, masks, boxes, labels)`` (:func:`canvas_batches`).
     Returns the loss and, for detection, its three parts."""
-    from contextlib import nullcontext
-
     images, masks, boxes, labels = batch
     with autocast if autocast is not None else nullcontext():
         output = model(images)

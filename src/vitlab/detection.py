@@ -294,6 +294,6 @@ class DetectionMetrics:
 
 
 register_model("yolos_canvas", YOLOS, YOLOSConfig(**CANVAS_ENCODER, num_classes=10, num_det_tokens=10),
-               recipe={"epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
+               recipe={"epochs": 16, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
                        "grad_clip": 0.1},
                description="YOLOS (10 detection tokens) for MNIST canvases (56x56, 10 digits)")

@@ -208,7 +208,7 @@ class SegmentationMetrics:
 #: The encoder of the MNIST-canvas presets (56 x 56, 7 x 7 patches: the grid of the shipped MNIST ViT's patches);
 # the encoder is vit_mnist's (dim 64, depth 6, 4 heads).
 CANVAS_ENCODER = dict(image_size=56, in_channels=1, patch_size=7, dim=64, depth=6, heads=4, mlp_ratio=2.0)
-_RECIPE = {"epochs": 8, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0}
+_RECIPE = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0}
 register_model("segmenter_linear_canvas", Segmenter,
                SegmenterConfig(**CANVAS_ENCODER, num_classes=11, decoder="linear"),
                recipe=_RECIPE, description="Segmenter, linear decoder, for MNIST canvases (56x56, 11 classes)")
