@@ -154,6 +154,22 @@ def test_hungarian_matching_equals_brute_force(seed):
     assert cost[rows, cols].sum().item() == pytest.approx(best, abs=1e-5)
 
 
+def test_set_criterion_handles_empty_images_and_more_objects_than_tokens():
+    criterion = SetCriterion(num_classes=10)
+    output = DetectionOutput(torch.randn(2, 2, 11, requires_grad=True), torch.rand(2, 2, 4) * 0.5 + 0.25)
+    boxes = torch.tensor([[0.3, 0.3, 0.1, 0.1], [0.6, 0.6, 0.1, 0.1], [0.5, 0.2, 0.1, 0.1]])
+    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+               {"labels": torch.tensor([1, 2, 3]), "boxes": boxes}]           # 3 objects, 2 tokens
+    loss, parts = criterion(output, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and output.logits.grad is not None
+    rows, cols = hungarian_match(output, targets)[1]
+    assert len(rows) == 2 and len(set(cols.tolist())) == 2                       # each token takes one object
+    empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
+    _, parts = criterion(output, empty)
+    assert parts["loss_bbox"] == 0 and parts["loss_giou"] == 0 and parts["loss_class"] > 0
+
+
 def test_set_criterion_counts_unmatched_tokens_as_no_object():
     criterion = SetCriterion(num_classes=10, eos_coef=0.1)
     target = [{"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
@@ -303,7 +319,6 @@ def test_an_interrupted_dense_run_resumes_to_the_same_weights(mnist_available, t
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     canvas = CanvasConfig(train_size=96, val_size=8, test_size=8)
     args = dict(recipe={"epochs": 2, "batch_size": 32}, canvas=canvas, progress=False, verbose=False)
-    straight = dense_run("detect", None, tmp_path / "straight", **args)
     real_evaluate, calls = dense.evaluate_dense, []
 
     def interrupt_in_epoch_two(*a, **k):
@@ -313,24 +328,37 @@ def test_an_interrupted_dense_run_resumes_to_the_same_weights(mnist_available, t
         return real_evaluate(*a, **k)
 
     monkeypatch.setattr(dense, "evaluate_dense", interrupt_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # the first run builds the canvases; its resume reads the cache
         dense_run("detect", None, tmp_path / "cut", **args)
     assert len(Run(tmp_path / "cut").history()) == 1
     monkeypatch.setattr(dense, "evaluate_dense", real_evaluate)
     resumed = dense_run("detect", None, tmp_path / "cut", resume=True, **args)
+    straight = dense_run("detect", None, tmp_path / "straight", **args)
     for a, b in zip(straight.model().state_dict().values(), resumed.model().state_dict().values()):
         assert torch.equal(a, b)
     assert resumed.metrics()["test_map"] == straight.metrics()["test_map"]
 
 
 def test_dense_runs_refuse_what_they_cannot_use(tmp_path):
+    # Refused before any data is loaded: no dataset needed.
     with pytest.raises(ValueError, match="not a detect model"):
         dense_run("detect", "segmenter_linear_canvas", tmp_path / "x", canvas=CanvasConfig(**TINY))
-    with pytest.raises(ValueError, match="classification-only"):
+    with pytest.raises(ValueError, match="--augment: classification-only"):
         dense_run("segment", None, tmp_path / "x", recipe={"augment": "digits"})
     with pytest.raises(ValueError, match="unknown task"):
         dense_run("classify", None, tmp_path / "x")  # type: ignore[arg-type]
     assert not (tmp_path / "x").exists()
+
+
+def test_dense_models_must_fit_the_canvases(mnist_available, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    canvas = CanvasConfig(**TINY)
+    with pytest.raises(ValueError, match="11 segment classes"):
+        dense_run("segment", None, tmp_path / "x", canvas=canvas, model_args={"num_classes": 5, **TINY_MODEL})
+    with pytest.raises(ValueError, match="detection tokens cannot find"):
+        dense_run("detect", None, tmp_path / "x", canvas=canvas, model_args={"num_det_tokens": 3, **TINY_MODEL})
+    with pytest.raises(ValueError, match="takes 56x56 images"):
+        dense_run("detect", None, tmp_path / "x", canvas=canvas, model_args={"image_size": 56})
 
 
 
@@ -355,7 +383,9 @@ def test_cli_trains_evaluates_and_refuses(mnist_available, tmp_path, monkeypatch
                           (["train", "--task", "detect", "--dataset", "cifar10", "--out", str(tmp_path / "x")],
                            "mnist-canvas"),
                           (["train", "--task", "segment", "--canvas-arg", "max_digits=0", "--out",
-                            str(tmp_path / "x")], "min_digits <= max_digits")):
+                            str(tmp_path / "x")], "min_digits <= max_digits"),
+                          (["train", "--model", "vit_mnist", "--dataset", "mnist-canvas", "--out", str(tmp_path / "x")],
+                           "--task segment or --task detect")):
         assert main(args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a registered model (listed below; default vit_mnist), or none with --init")
     train.add_argument("--init", default=None, metavar="SPEC",
                        help="fine-tune a pretrained model: a run folder, a weights file (.safetensors, .pth, .bin), "
-                            "timm:NAME, torchvision:NAME or hf:REPO_ID (a new head is attached for the dataset)")
+                            "timm:NAME, torchvision:NAME or hf:REPO_ID (a new head is attached for the dataset); "
+                            "with --task segment|detect: a 1-channel plain ViT whose encoder starts the model")
     train.add_argument("--image-size", type=int, default=None,
                        help="with --init: the resolution the model runs at (its position table is resampled); "
                             "default the checkpoint's. Images of another size are resized to it")
@@ -243,6 +244,9 @@ def _task(args: argparse.Namespace) -> str:
     task = args.task or model_task or ("segment" if args.dataset == "mnist-canvas" else "classify")
     if model_task is not None and model_task != task:
         raise ValueError(f"--model {args.model} is a {model_task} model, not a {task} one (--task {task})")
+    if task == "classify" and args.dataset == "mnist-canvas":
+        raise ValueError("mnist-canvas has masks and boxes, not one label per image: train on it with "
+                         "--task segment or --task detect")
     return task
 
 
@@ -265,7 +269,9 @@ def _train_dense(args: argparse.Namespace, task: str) -> int:
         if value != default:
             raise ValueError(f"{flag} is for classification; with --task {task} set the canvases with --canvas-arg "
                              "(e.g. train_size=5000, canvas_size=...) and the length with --epochs")
-    canvas = CanvasConfig.from_dict({"seed": args.seed, **_model_overrides(args.canvas_arg, "--canvas-arg")})
+    # The canvases have their own seed (--canvas-arg seed=N): runs with different --seed are scored on
+    # the same test canvases, as classification runs are on the same test images.
+    canvas = CanvasConfig.from_dict(_model_overrides(args.canvas_arg, "--canvas-arg"))
     try:
         dense_run(task, args.model, args.out, recipe=_config_overrides(args, TrainConfig),
                   model_args=_model_overrides(args.model_arg), canvas=canvas, init=args.init, seed=args.seed,
@@ -348,7 +354,11 @@ def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:
         print(f"{args.split} mAP@[.5:.95] of {run.path}: {100 * result['map']:.2f}%, mAP@0.5 "
               f"{100 * result['map_50']:.2f}%, mAP@0.75 {100 * result['map_75']:.2f}% ({result['n']:,} canvases, "
               f"{elapsed:.1f} s)")
-    print(f"updated {run.path / run.METRICS}" if write else "metrics.json not written")
+    if write:
+        print(f"updated {run.path / run.METRICS}")
+    else:
+        print("metrics.json not written: " + ("--no-write" if args.no_write else "the run has not finished training "
+                                               "(resume it first)"))
     return 0
 
 

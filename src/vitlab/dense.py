@@ -8,13 +8,9 @@ the same run folder (``config.json``, ``history.csv``, ``metrics.json``, ``model
 ``checkpoint.pt``, resumable after every epoch) and the same command (``vitlab train --task
 segment|detect``).
 
-========  ====================================  =============================================
-task      model family                          metrics (validation each epoch, test at the end)
-========  ====================================  =============================================
-segment   :class:`~vitlab.segmentation.Segmenter`  mIoU (with and without background), per-class IoU,
-                                                 pixel accuracy
-detect    :class:`~vitlab.detection.YOLOS`      COCO mAP@[.5:.95], mAP@0.5, mAP@0.75, per-class AP
-========  ====================================  =============================================
+* ``segment``: :class:`~vitlab.segmentation.Segmenter`; mIoU (with and without background), per-class
+  IoU and pixel accuracy, on the validation canvases each epoch and the test canvases at the end;
+* ``detect``: :class:`~vitlab.detection.YOLOS`; COCO mAP@[.5:.95], mAP@0.5, mAP@0.75 and per-class AP.
 
 ``init`` starts the encoder from a classification ViT (a run folder or any
 :func:`vitlab.pretrained.load` spec): its position table is resampled to the canvas's patch grid and its
@@ -41,6 +37,7 @@ from .detection import DetectionMetrics, DetectionOutput, SetCriterion, postproc
 from .model import ViT, count_parameters
 from .runs import Run, RunError, command_line, count_flops, device_name, model_spec
 from .segmentation import SegmentationMetrics, segmentation_loss
+from .train import rng_state, set_rng_state
 
 __all__ = ["TASKS", "DEFAULT_MODELS", "task_of", "dense_step", "evaluate_dense", "dense_run", "evaluate_dense_run",
            "plot_predictions", "init_encoder", "HISTORY_FIELDS"]
@@ -151,12 +148,8 @@ _ENCODER_FIELDS = ("image_size", "in_channels", "patch_size", "dim", "depth", "h
 
 def _build_model(name: str, model_args: dict[str, Any], canvas: CanvasConfig, task: str,
                  encoder: ViT | None) -> nn.Module:
-    from .registry import create_model, get_model
+    from .registry import create_model
 
-    entry = get_model(name)
-    if getattr(entry.model_class, "task", "classify") != task:
-        raise ValueError(f"{name} is not a {task} model; for --task {task} choose one of "
-                         f"{', '.join(dense_model_names(task))}")
     fields = {"image_size": canvas.canvas_size, "in_channels": 1, **model_args}
     if encoder is not None:
         clash = sorted(set(model_args) & set(_ENCODER_FIELDS))
@@ -167,6 +160,12 @@ def _build_model(name: str, model_args: dict[str, Any], canvas: CanvasConfig, ta
         model = create_model(name, **fields)
     except (ConfigError, TypeError) as error:
         raise ValueError(f"invalid model settings for {name}: {error}") from None
+    classes = len(CanvasDataset.segmentation_classes if task == "segment" else CanvasDataset.classes)
+    if model.config.num_classes != classes:
+        raise ValueError(f"the canvases have {classes} {task} classes, not num_classes={model.config.num_classes}")
+    if task == "detect" and model.config.num_det_tokens < canvas.max_digits:
+        raise ValueError(f"{model.config.num_det_tokens} detection tokens cannot find the up to {canvas.max_digits} "
+                         "digits of a canvas: raise num_det_tokens (--model-arg) or lower max_digits (--canvas-arg)")
     if model.config.image_size != canvas.canvas_size:
         raise ValueError(f"{name} takes {model.config.image_size}x{model.config.image_size} images; the canvases are "
                          f"{canvas.canvas_size}x{canvas.canvas_size}")
@@ -191,7 +190,7 @@ def _resume_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler.load_state_dict(state["scheduler"])
     except (KeyError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {run.state_path} does not match this model: {error}") from None
-    torch.set_rng_state(state["rng"])
+    set_rng_state(state["rng"], device)
     return int(state["epoch"]), list(state["history"])
 
 
@@ -211,6 +210,7 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
     ``init``: start the encoder from a classification ViT (:func:`init_encoder`). ``resume`` continues
     from the last finished epoch; without it, an existing run is an error.
     """
+    from .registry import get_model
     from .runtime import pick_device, seed_everything
     from .train import autocast_context, make_optimizer, warmup_cosine
     from .train import recipe as tuned_recipe
@@ -225,11 +225,13 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
         raise RunError(f"{run.path} already holds a run: pass --resume (resume=True) to continue it, "
                        "or choose another output folder")
     model = model or DEFAULT_MODELS[task]
+    if getattr(get_model(model).model_class, "task", "classify") != task:  # before any data is loaded
+        raise ValueError(f"{model} is not a {task} model; for --task {task} choose one of "
+                         f"{', '.join(dense_model_names(task))}")
     overrides = {k: v for k, v in (recipe or {}).items() if v is not None}
-    refused = {k: v for k, v in overrides.items() if k in _UNSUPPORTED and v != _UNSUPPORTED[k]}
+    refused = ["--" + k.replace("_", "-") for k, v in overrides.items() if k in _UNSUPPORTED and v != _UNSUPPORTED[k]]
     if refused:
-        raise ValueError(f"{', '.join(f'--{k.replace(chr(95), chr(45))}' for k in refused)}: classification-only "
-                         f"settings, not used by --task {task}")
+        raise ValueError(f"{', '.join(refused)}: classification-only settings, not used by --task {task}")
     config = tuned_recipe(model, **{**overrides, "seed": seed})
 
     train_set = load_canvas("train", canvas, data_root)
@@ -251,8 +253,12 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
     }
     if resume and run.exists():
         saved = run.config()
+        # The dataset's source says where the canvases came from this time (built, or read from the cache):
+        # provenance, not a setting, so it may differ on resume.
+        saved["dataset"] = {k: v for k, v in saved.get("dataset", {}).items() if k != "source"}
+        compared = {**run_config, "dataset": {k: v for k, v in run_config["dataset"].items() if k != "source"}}
         for key in ("task", "model", "train", "init", "dataset"):
-            if saved.get(key) != run_config.get(key):
+            if saved.get(key) != compared.get(key):
                 raise RunError(f"cannot resume {run.path}: its {key} settings differ from this command's "
                                f"(saved {saved.get(key)} vs now {run_config.get(key)})")
     run.path.mkdir(parents=True, exist_ok=True)
@@ -310,7 +316,7 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
                   f"{row['val_loss']:.4f}, {score} {row[score]:.4f}", flush=True)
         run.save_weights(net)
         run.save_state({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "history": history, "rng": torch.get_rng_state(),
+                        "scheduler": scheduler.state_dict(), "history": history, "rng": rng_state(device),
                         "train_config": config.to_dict()})
         run.write_history(history, HISTORY_FIELDS[task])
     train_time = sum(row["epoch_time_s"] for row in history)
@@ -359,7 +365,7 @@ def _write_figures(run: Run, model: nn.Module, history: list[dict[str, Any]], te
 
     from .plots import plot_history
 
-    figures = {"predictions.png": plot_predictions(model, test_set, range(6), title=title)}
+    figures = {"predictions.png": plot_predictions(model, test_set, range(min(6, len(test_set))), title=title)}
     if history:
         scores = [("val_miou", "validation mIoU")] if task == "segment" else \
             [("val_map_50", "validation mAP@0.5"), ("val_map", "validation mAP@[.5:.95]")]
@@ -373,7 +379,8 @@ def _write_figures(run: Run, model: nn.Module, history: list[dict[str, Any]], te
 def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, device: str | None = None,
                        data_root: str | os.PathLike[str] | None = None, write: bool = True) -> dict[str, Any]:
     """``vitlab evaluate`` for a dense run: its model on its own canvases' ``split``; the result is merged
-    into ``metrics.json`` (under ``test_*`` or ``val_*``/``train_*`` keys) unless ``write=False``."""
+    into ``metrics.json`` (under ``test_*`` or ``val_*``/``train_*`` keys) of a finished run unless
+    ``write=False``."""
     from .runtime import pick_device
 
     config = run.config()
@@ -386,9 +393,10 @@ def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, dev
         raise RunError(f"{run.path}/config.json has no valid canvas settings: {error}") from None
     target = pick_device(device)
     dataset = load_canvas(split, canvas, data_root)
-    result = evaluate_dense(run.model(map_location=target), dataset, batch_size, target)
-    if write:
-        metrics = run.metrics() if run.is_finished() else {}
+    result = evaluate_dense(run.model(map_location=target), dataset, batch_size, target,
+                            amp=config.get("train", {}).get("amp", True))
+    if write and run.is_finished():  # an unfinished run has no metrics.json to add to (resume it first)
+        metrics = run.metrics()
         metrics.update(_test_metrics(result, task, dataset, split))
         metrics["evaluated_with"] = command_line()
         run.write_metrics(metrics)

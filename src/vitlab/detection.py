@@ -120,7 +120,8 @@ class YOLOS(nn.Module):
 
     def forward(self, images: Tensor) -> DetectionOutput:
         tokens = self.forward_features(images)
-        return DetectionOutput(self.class_head(tokens), self.box_head(tokens).sigmoid())
+        # The sigmoid in fp32: under bf16 autocast a box would move in steps of about 1/256 of the image.
+        return DetectionOutput(self.class_head(tokens), self.box_head(tokens).float().sigmoid())
 
 
 def targets_from_canvas(boxes: Tensor, labels: Tensor, image_size: int) -> list[dict[str, Tensor]]:
@@ -165,7 +166,8 @@ class SetCriterion(nn.Module):
     ``loss = w_class * CE(all tokens; unmatched -> no object, weighted eos_coef)
     + w_bbox * L1(matched boxes) + w_giou * (1 - GIoU(matched boxes))``,
 
-    the box terms summed over matched pairs and divided by the number of objects in the batch.
+    the box terms summed over matched pairs and divided by the number of objects in the batch (the
+    same, unless an image has more objects than tokens).
     ``forward(output, targets) -> (loss (), {"loss_class", "loss_bbox", "loss_giou"} floats)``.
     """
 
@@ -188,11 +190,11 @@ class SetCriterion(nn.Module):
         image_idx = torch.cat([torch.full_like(rows, i) for i, (rows, _) in enumerate(matches)]).to(device)
         token_idx = torch.cat([rows for rows, _ in matches]).to(device)
         target_classes[image_idx, token_idx] = torch.cat(
-            [t["labels"][cols.to(device)] for t, (_, cols) in zip(targets, matches)])
+            [t["labels"].to(device)[cols.to(device)] for t, (_, cols) in zip(targets, matches)]).long()
         loss_class = F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weight)
         matched = boxes[image_idx, token_idx]                                               # (n, 4)
-        wanted = torch.cat([t["boxes"][cols.to(device)] for t, (_, cols) in zip(targets, matches)]).float()
-        num_boxes = max(len(wanted), 1)
+        wanted = torch.cat([t["boxes"].to(device)[cols.to(device)] for t, (_, cols) in zip(targets, matches)]).float()
+        num_boxes = max(sum(len(t["labels"]) for t in targets), 1)  # DETR: every object, matched or not
         loss_bbox = F.l1_loss(matched, wanted, reduction="sum") / num_boxes
         giou = torch.diag(generalized_box_iou(box_convert(matched, "cxcywh", "xyxy"),
                                               box_convert(wanted, "cxcywh", "xyxy"))) if len(wanted) else matched[:0, 0]

@@ -611,7 +611,7 @@ def pretrain(model: str, dataset: str, out: str | os.PathLike[str], config: Dino
         criterion.center.copy_(state["center"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # a CPU ByteTensor, wherever the checkpoint was mapped
         knn_at_init = state.get("knn_at_init")
     else:  # the baseline DINO must beat: the same k-NN evaluation on the randomly initialized backbone
         knn_at_init = _knn_accuracy(teacher.backbone, train_set, test_set, config, device)

@@ -81,7 +81,7 @@ class LinearDecoder(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, patches: Tensor, grid: int) -> Tensor:
-        n, p, _ = patches.shape
+        n = patches.shape[0]
         return self.head(patches).transpose(1, 2).reshape(n, -1, grid, grid)
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistContext", "leave_process_group",
            "autocast_context", "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget",
            "make_optimizer", "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode",
-           "warmup_cosine"]
+           "warmup_cosine", "rng_state", "set_rng_state"]
 
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -478,17 +478,20 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
     }
 
 
-def _rng_state(device: torch.device) -> dict[str, Tensor]:
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The random generators' state, for a resumable checkpoint: the CPU's and, on CUDA, the device's."""
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
+def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved, so a resumed run draws the same numbers."""
+    # Both setters want CPU ByteTensors; a checkpoint loaded with map_location=cuda moved them.
+    torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDataset | None,
@@ -561,7 +564,7 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-        _set_rng_state(state["rng"], device)
+        set_rng_state(state["rng"], device)
 
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not show, initial=start_epoch,
                       total=config.epochs)
@@ -585,7 +588,7 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
             run.save_weights(model)
             run.save_state({
                 "epoch": epoch + 1, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history, "rng": _rng_state(device),
+                "scheduler": scheduler.state_dict(), "history": history, "rng": rng_state(device),
                 "train_config": config.to_dict(),
             })
             run.write_history(history)
