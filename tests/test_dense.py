@@ -311,6 +311,13 @@ def test_dense_runs_train_resume_evaluate_and_start_from_a_classifier(mnist_avai
     assert config["task"] == "detect" and config["model"]["name"] == "yolos_canvas" and "init" in config
     assert {"test_map", "test_map_50", "per_class_ap"} <= set(det.metrics())
     assert [row["epoch"] for row in det.history()] == [1, 2]
+    # The report gives both runs their own section, with the recorded numbers and a figure.
+    from vitlab.report import build_report
+
+    text = build_report([out, tmp_path / "det"], tmp_path / "report").read_text()
+    section = text[text.index("### Segmentation and detection"):]
+    assert f"{100 * metrics['test_miou']:.2f} %" in section and f"{100 * det.metrics()['test_map']:.2f} %" in section
+    assert (tmp_path / "report" / "figures" / "dense.png").is_file() and "(figures/dense.png)" in section
 
 
 def test_an_interrupted_dense_run_resumes_to_the_same_weights(mnist_available, tmp_path, monkeypatch):

@@ -588,7 +588,7 @@ def _dense_figure(runs: list[dict[str, Any]], out: Path) -> str:
             if group:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save_figure(fig, out / "figures", "dense.png")
+    return _save_figure(fig, out, "figures/dense.png")
 
 
 def _dense_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
