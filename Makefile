@@ -184,7 +184,7 @@ RUNS ?= $(sort $(wildcard reports/runs/*))
 report: $(STAMP)
 	$(BIN)/python -m vitlab report $(RUNS) --out reports
 
-# Lesson 16's runs (about 50 minutes on a 2-core CPU): segmentation (Segmenter, linear and mask-transformer
+# Lesson 16's runs (about 77 minutes on a 2-core CPU: 10-16 per Segmenter, 20 per YOLOS): segmentation (Segmenter, linear and mask-transformer
 # decoders) and detection (YOLOS) on the MNIST canvases, each encoder from scratch or from the shipped MNIST
 # classifier (weights/vit_mnist). Then: vitlab report reports/runs/* runs/dense-* --out reports
 DENSE_FLAGS ?= --experiment dense --resume --quiet

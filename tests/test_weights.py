@@ -126,3 +126,19 @@ def test_shipped_dino_backbone_reproduces_its_knn_accuracy():
                                10, k=run.config()["dino"]["knn_k"], temperature=run.config()["dino"]["knn_temperature"])
     accuracy = (predictions == test_set.labels).float().mean().item()
     assert abs(accuracy - run.metrics()["knn_test_accuracy"]) <= 0.0005, accuracy
+
+
+@pytest.mark.usefixtures("mnist_available")
+@pytest.mark.parametrize("name, key", [("canvas-segmenter-linear", "miou"), ("canvas-segmenter-mask", "miou"),
+                                       ("canvas-yolos", "map")])
+def test_shipped_dense_models_reproduce_their_test_scores(name, key):
+    """Lesson 16's shipped Segmenters and YOLOS: their recorded test mIoU / mAP on the test canvases they
+    were scored on (rebuilt from the config the run folder records)."""
+    from vitlab.dense import evaluate_dense_run
+
+    run = Run(shipped_run(name))
+    assert not (run.path / "checkpoint.pt").exists() and run.config()["experiment"] == "dense"
+    assert run.config()["init"]["spec"] == "weights/vit_mnist", "lesson 16 presents them as started from the classifier"
+    result = evaluate_dense_run(run, "test", write=False)
+    assert result["n"] == run.metrics()["test_n"] == 2000
+    assert abs(result[key] - run.metrics()[f"test_{key}"]) <= 1e-4, result[key]
