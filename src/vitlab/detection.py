@@ -278,7 +278,11 @@ class DetectionMetrics:
         from torchmetrics.detection import MeanAveragePrecision
 
         self.num_classes = num_classes
-        self._map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
+        # COCO's own thresholds, in float64: torchmetrics' defaults come from a float32 torch.linspace, and a
+        # recall that equals a threshold exactly (29/100, say) can then fall on the other side of it.
+        self._map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
+                                         iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
+                                         rec_thresholds=np.linspace(0.0, 1.0, 101).tolist())
 
     def update(self, predictions: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
         self._map.update([{k: v.detach().float().cpu() if k != "labels" else v.cpu() for k, v in p.items()}
