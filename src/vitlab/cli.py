@@ -240,7 +240,7 @@ def _task(args: argparse.Namespace) -> str:
     """--task, or the task of --model when it is a dense model; refuses a model of another task."""
     from .registry import get_model
 
-    model_task = getattr(get_model(args.model).model_class, "task", "classify") if args.model else None
+    model_task = get_model(args.model).task if args.model else None
     task = args.task or model_task or ("segment" if args.dataset == "mnist-canvas" else "classify")
     if model_task is not None and model_task != task:
         raise ValueError(f"--model {args.model} is a {model_task} model, not a {task} one (--task {task})")
@@ -332,15 +332,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:
     from .dense import evaluate_dense_run
 
+    config = run.config()
     if args.dataset not in (None, "mnist-canvas") or args.subset is not None:
-        raise ValueError(f"{run.path} is a {run.config()['task']} run: it is evaluated on its own canvases "
+        raise ValueError(f"{run.path} is a {config['task']} run: it is evaluated on its own canvases "
                          "(no --dataset or --subset)")
     write = not args.no_write and run.is_finished()
     started = time.perf_counter()
     result = evaluate_dense_run(run, args.split, args.batch_size, args.device, args.data_root, write=write)
     elapsed = time.perf_counter() - started
-    if run.config()["task"] == "segment":
-        classes = run.config()["dataset"]["classes"]
+    if config["task"] == "segment":
+        classes = config["dataset"]["classes"]
         print(f"{'class':>12}  {'IoU':>7}")
         for name, iou in zip(classes, result["per_class_iou"]):
             print(f"{name:>12}  {100 * iou:6.2f}%")

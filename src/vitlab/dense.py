@@ -31,13 +31,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .canvas import CanvasConfig, CanvasDataset, canvas_batches, load_canvas
-from .checkpoint import CheckpointError, atomic_write
+from .checkpoint import atomic_write
 from .configs import ConfigError
 from .detection import DetectionMetrics, DetectionOutput, SetCriterion, postprocess, targets_from_canvas
 from .model import ViT, count_parameters
 from .runs import Run, RunError, command_line, count_flops, device_name, model_spec
 from .segmentation import SegmentationMetrics, segmentation_loss
-from .train import rng_state, set_rng_state
+from .train import optimizer_step, restore_training_state, training_state
 
 __all__ = ["TASKS", "DEFAULT_MODELS", "task_of", "dense_step", "evaluate_dense", "dense_run", "evaluate_dense_run",
            "plot_predictions", "init_encoder", "HISTORY_FIELDS"]
@@ -78,13 +78,7 @@ def dense_step(model: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim
     with autocast if autocast is not None else nullcontext():
         output = model(images)
     loss, parts = _loss(model, output, masks, boxes, labels, criterion)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
+    optimizer_step(model, loss, optimizer, grad_clip, scheduler)
     return loss.item(), parts
 
 
@@ -178,20 +172,7 @@ def dense_model_names(task: str) -> list[str]:
     """The registered models of a dense task."""
     from .registry import get_model, model_names
 
-    return [n for n in model_names() if getattr(get_model(n).model_class, "task", "classify") == task]
-
-
-def _resume_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> tuple[int, list[dict]]:
-    state = run.load_state(map_location=device)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {run.state_path} does not match this model: {error}") from None
-    set_rng_state(state["rng"], device)
-    return int(state["epoch"]), list(state["history"])
+    return [n for n in model_names() if get_model(n).task == task]
 
 
 def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
@@ -225,7 +206,7 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
         raise RunError(f"{run.path} already holds a run: pass --resume (resume=True) to continue it, "
                        "or choose another output folder")
     model = model or DEFAULT_MODELS[task]
-    if getattr(get_model(model).model_class, "task", "classify") != task:  # before any data is loaded
+    if get_model(model).task != task:  # before any data is loaded
         raise ValueError(f"{model} is not a {task} model; for --task {task} choose one of "
                          f"{', '.join(dense_model_names(task))}")
     overrides = {k: v for k, v in (recipe or {}).items() if v is not None}
@@ -281,7 +262,8 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
     autocast = autocast_context(device, config.amp)
     start_epoch, history = 0, []
     if resume and run.has_state():
-        start_epoch, history = _resume_state(run, net, optimizer, scheduler, device)
+        start_epoch, history = restore_training_state(run.load_state(map_location=device), net, optimizer,
+                                                      scheduler, device, run.state_path)
     score = "val_miou" if task == "segment" else "val_map_50"
     started = time.perf_counter()
     for epoch in tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not progress, initial=start_epoch,
@@ -315,9 +297,7 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss "
                   f"{row['val_loss']:.4f}, {score} {row[score]:.4f}", flush=True)
         run.save_weights(net)
-        run.save_state({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "history": history, "rng": rng_state(device),
-                        "train_config": config.to_dict()})
+        run.save_state(training_state(epoch + 1, net, optimizer, scheduler, history, config, device))
         run.write_history(history, HISTORY_FIELDS[task])
     train_time = sum(row["epoch_time_s"] for row in history)
     result = evaluate_dense(net, test_set, config.eval_batch_size, device, config.amp)

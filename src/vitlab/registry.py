@@ -55,6 +55,11 @@ class ModelEntry:
     def family(self) -> str:
         return self.model_class.family  # type: ignore[attr-defined]
 
+    @property
+    def task(self) -> str:
+        """``"classify"``, or a dense model class's ``task`` (``"segment"``, ``"detect"``)."""
+        return getattr(self.model_class, "task", "classify")
+
 
 _MODELS: dict[str, ModelEntry] = {}
 _FAMILIES: dict[str, type[nn.Module]] = {}

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistContext", "leave_process_group",
            "autocast_context", "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget",
            "make_optimizer", "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode",
-           "warmup_cosine", "rng_state", "set_rng_state"]
+           "warmup_cosine", "optimizer_step", "rng_state", "set_rng_state", "training_state",
+           "restore_training_state"]
 
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -234,14 +235,21 @@ def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torc
         logits = outputs.final
     else:
         logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
+    optimizer_step(model, loss, optimizer, config.grad_clip, scheduler)
+    return loss.detach(), logits.detach()
+
+
+def optimizer_step(model: nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+    """The step after the loss, for every task: backward, gradient clipping (``grad_clip``; 0 or None
+    disables it), optimizer and scheduler step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if config.grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return loss.detach(), logits.detach()
 
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -494,6 +502,32 @@ def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+def training_state(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, history: list[dict[str, Any]],
+                   config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds after ``epoch`` finished epochs: everything a resumed run needs to
+    continue to the same result (read back by :func:`restore_training_state`)."""
+    return {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "history": history, "rng": rng_state(device),
+            "train_config": config.to_dict()}
+
+
+def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
+                           source: str | os.PathLike[str]) -> tuple[int, list[dict[str, Any]]]:
+    """Load a :func:`training_state` into the model, optimizer, scheduler and random generators; returns
+    the finished epochs and the history. A state that does not fit is a :class:`CheckpointError` naming
+    ``source``."""
+    try:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {source} does not match the model: {error}") from None
+    set_rng_state(state["rng"], device)
+    return int(state["epoch"]), list(state["history"])
+
+
 def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDataset | None,
         config: TrainConfig, out_dir: str | os.PathLike[str] | Run | None = None, resume: bool = False,
         device: torch.device | str | None = None, progress: bool = True,
@@ -556,15 +590,7 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
             diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
             raise CheckpointError(f"cannot resume {run.state_path}: the training config differs from the one it "
                                   f"was made with (field: (checkpoint, now)) {diff}")
-        try:
-            unwrap(model).load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise CheckpointError(f"checkpoint {run.state_path} does not match the model: {error}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        set_rng_state(state["rng"], device)
+        start_epoch, history = restore_training_state(state, model, optimizer, scheduler, device, run.state_path)
 
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not show, initial=start_epoch,
                       total=config.epochs)
@@ -586,11 +612,7 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
                                     if k in row})
         if run is not None and dist.is_main:
             run.save_weights(model)
-            run.save_state({
-                "epoch": epoch + 1, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history, "rng": rng_state(device),
-                "train_config": config.to_dict(),
-            })
+            run.save_state(training_state(epoch + 1, model, optimizer, scheduler, history, config, device))
             run.write_history(history)
         if dist.enabled:
             torch_dist.barrier()
