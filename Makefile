@@ -60,15 +60,36 @@ train: $(STAMP)
 	$(BIN)/python -m vitlab train --model vit_mnist --dataset mnist --epochs 20 --time-budget $(TRAIN_BUDGET_S) \
 		--out $(RUN) --resume
 
-# Throughput of vitlab's presets vs timm's VisionTransformer (timm is a bench-only extra).
+# Throughput of vitlab's presets vs timm's twins (timm is a bench-only extra).
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -e ".[lab,dev,pretrained,docs,bench]"
 	touch $(BENCH_STAMP)
 
-.PHONY: bench
+# Every preset, fp32 and bf16, training and inference, vitlab vs timm, torch.compile on the side; the
+# results go to bench/results.json and .md (about 30 minutes on a 2-core CPU, where bf16 is emulated).
+# `make bench-readme` pastes the tables of bench/results.json into the README.
+.PHONY: bench bench-readme
 bench: $(BENCH_STAMP)
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py --json bench/results.json --markdown bench/results.md
+
+bench-readme: $(STAMP)
+	$(BIN)/python bench/bench.py --from bench/results.json --readme README.md
+
+# bf16 vs fp32 accuracy (README, Precision): vit_mnist, 3 epochs, seed 0, once in each precision (the
+# fp32 run is make pooling's class-token seed 0). On a CPU without AMX bf16 is emulated: about 15 minutes.
+.PHONY: precision
+precision: $(STAMP)
+	for p in fp32 bf16; do \
+		$(BIN)/python -m vitlab train --model vit_mnist --dataset mnist --epochs 3 --seed 0 --precision $$p \
+			--experiment precision --out runs/precision-$$p-s0 --quiet --resume || exit 1; \
+	done
+
+# On a machine with an NVIDIA GPU (about 10 minutes): unit tests and notebooks on CUDA, vit_cifar and
+# ResNet-18 trained in bf16 on the full CIFAR-10 for 60 s each, the bench; one summary in reports/gpu-check/.
+.PHONY: gpu-check
+gpu-check: $(BENCH_STAMP)
+	$(BIN)/python tools/gpu_check.py --out reports/gpu-check
 
 # The report's comparison runs (about 50 minutes on a 2-core CPU): on MNIST the ViT and three CNNs
 # with one recipe and one wall-clock budget (that of `make train`'s 20 epochs on the first machine

@@ -64,7 +64,7 @@ def test_shipped_full_cifar_weights_reproduce_their_test_accuracy():
     test_set = load_dataset("cifar10", "test")
     if "(full)" not in test_set.source:
         pytest.skip(f"recorded on the full CIFAR-10 JPEG tree; this machine loads {test_set.source}")
-    result = evaluate(run.model(), test_set, batch_size=1000, amp=False)
+    result = evaluate(run.model(), test_set, batch_size=1000, precision="fp32")
     assert result["n"] == 10000
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
 
@@ -78,7 +78,7 @@ def test_shipped_transfer_checkpoint_reproduces_its_test_accuracy():
     metrics = run.metrics()
     test_set = run.dataset("test")  # the recorded class subset, relabelled as in training
     assert test_set.classes == ["airplane", "automobile", "bird", "cat", "deer"] == run.config()["dataset"]["classes"]
-    result = evaluate(run.model(), test_set, batch_size=1000, amp=False)
+    result = evaluate(run.model(), test_set, batch_size=1000, precision="fp32")
     assert result["n"] == metrics["test_n"] == 5000
     # bf16 on the GPU vs fp32 here: at most 10 of the 5,000 predictions may differ.
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.002, (result["accuracy"], metrics["test_accuracy"])

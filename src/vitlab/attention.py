@@ -6,7 +6,8 @@ heads do this in parallel on slices of the hidden size and their outputs are
 concatenated and projected back.
 
 The fast path calls :func:`torch.nn.functional.scaled_dot_product_attention`
-(fused kernels on GPU and CPU). When the attention weights themselves are
+(fused kernels on GPU and CPU; on a CPU under bf16 it runs in fp32 while training, see
+:func:`vitlab.precision.attention_dtype`). When the attention weights themselves are
 wanted (attention maps, rollout) the explicit formula is used instead; both
 give the same output up to float rounding, and a test checks it.
 """
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .precision import attention_dtype
 
 __all__ = ["scaled_dot_product_attention", "attend", "MultiHeadSelfAttention", "check_heads"]
 
@@ -43,6 +47,13 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, dropout:
     the weights (pass 0 in evaluation).
     """
     if not return_weights:
+        compute = attention_dtype(q)
+        if compute is not None:  # fp32 kernel inside a bf16 pass (autocast would cast it back: turn it off)
+            with torch.autocast(q.device.type, enabled=False):
+                mask = bias.to(compute) if bias is not None else None
+                out = F.scaled_dot_product_attention(q.to(compute), k.to(compute), v.to(compute), attn_mask=mask,
+                                                     dropout_p=dropout)
+            return out.to(q.dtype), None
         mask = bias.to(q.dtype) if bias is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5

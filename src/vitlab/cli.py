@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--subset", type=int, default=None)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--batch-size", type=int, default=1000)
+    evaluate.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                          help="numeric precision (vitlab.precision); default: the one the run trained with")
     evaluate.add_argument("--no-write", action="store_true", help="print only; do not update metrics.json")
 
     explain = sub.add_parser("explain", help="draw attention maps, attention rollout or Grad-CAM for test images",
@@ -300,6 +302,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .precision import recorded_precision
     from .runs import Run
     from .runtime import pick_device
     from .train import evaluate
@@ -314,7 +317,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = run.model(map_location=pick_device(args.device))
     dataset = run.dataset(args.split, name=args.dataset, root=args.data_root, subset=args.subset)
     started = time.perf_counter()
-    result = evaluate(model, dataset, args.batch_size, amp=run.config().get("train", {}).get("amp", True))
+    precision = args.precision or recorded_precision(run.config().get("train", {}))
+    result = evaluate(model, dataset, args.batch_size, precision=precision)
     elapsed = time.perf_counter() - started
     _print_table(result, dataset.classes)
     print(f"{args.split} accuracy of {run.path}: {100 * result['accuracy']:.2f}% ({result['n']:,} images, "
@@ -338,7 +342,8 @@ def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:
                          "(no --dataset or --subset)")
     write = not args.no_write and run.is_finished()
     started = time.perf_counter()
-    result = evaluate_dense_run(run, args.split, args.batch_size, args.device, args.data_root, write=write)
+    result = evaluate_dense_run(run, args.split, args.batch_size, args.device, args.data_root, write=write,
+                                precision=args.precision)
     elapsed = time.perf_counter() - started
     if config["task"] == "segment":
         classes = config["dataset"]["classes"]

@@ -35,6 +35,7 @@ from .checkpoint import atomic_write
 from .configs import ConfigError
 from .detection import DetectionMetrics, DetectionOutput, SetCriterion, postprocess, targets_from_canvas
 from .model import ViT, count_parameters
+from .precision import describe_precision
 from .runs import Run, RunError, command_line, count_flops, device_name, model_spec
 from .segmentation import SegmentationMetrics, segmentation_loss
 from .train import optimizer_step, restore_training_state, training_state
@@ -84,14 +85,14 @@ def dense_step(model: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim
 
 @torch.no_grad()
 def evaluate_dense(model: nn.Module, dataset: CanvasDataset, batch_size: int = 500,
-                   device: torch.device | str | None = None, amp: bool = True) -> dict[str, Any]:
+                   device: torch.device | str | None = None, precision: str = "auto") -> dict[str, Any]:
     """The task's metrics on ``dataset`` plus the mean loss and ``n``.
 
     Segmentation: :class:`~vitlab.segmentation.SegmentationMetrics` (``miou``, ``miou_objects``,
     ``per_class_iou``, ``pixel_accuracy``, ``confusion``); detection:
     :class:`~vitlab.detection.DetectionMetrics` (``map``, ``map_50``, ``map_75``, ``mar_10``, ``per_class_ap``).
     """
-    from .train import autocast_context
+    from .precision import autocast_context
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     task = task_of(model)
@@ -104,7 +105,7 @@ def evaluate_dense(model: nn.Module, dataset: CanvasDataset, batch_size: int = 5
     metrics = SegmentationMetrics(classes) if task == "segment" else DetectionMetrics(classes)
     loss_sum, n = 0.0, 0
     for images, masks, boxes, labels in canvas_batches(dataset, batch_size, device=device):
-        with autocast_context(device, amp):
+        with autocast_context(device, precision):
             output = model(images)
         loss, _ = _loss(model, output, masks, boxes, labels, criterion)
         loss_sum += loss.item() * len(images)
@@ -191,9 +192,10 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
     ``init``: start the encoder from a classification ViT (:func:`init_encoder`). ``resume`` continues
     from the last finished epoch; without it, an existing run is an error.
     """
+    from .precision import autocast_context
     from .registry import get_model
     from .runtime import pick_device, seed_everything
-    from .train import autocast_context, make_optimizer, warmup_cosine
+    from .train import make_optimizer, warmup_cosine
     from .train import recipe as tuned_recipe
 
     if task not in TASKS:
@@ -259,7 +261,8 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch), config.min_lr / config.lr))
     criterion = SetCriterion(net.config.num_classes).to(device) if task == "detect" else None
-    autocast = autocast_context(device, config.amp)
+    autocast = autocast_context(device, config.precision)
+    step_net = torch.compile(net) if config.compile else net  # weights are saved from the plain model
     start_epoch, history = 0, []
     if resume and run.has_state():
         start_epoch, history = restore_training_state(run.load_state(map_location=device), net, optimizer,
@@ -277,7 +280,7 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
                        total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                        disable=not progress)
         for step, batch in enumerate(batches):
-            loss, parts = dense_step(net, batch, optimizer, scheduler, criterion, config.grad_clip, autocast)
+            loss, parts = dense_step(step_net, batch, optimizer, scheduler, criterion, config.grad_clip, autocast)
             for key, value in {"train_loss": loss, **{f"train_{k}": v for k, v in parts.items()}}.items():
                 sums[key] = sums.get(key, 0.0) + value
             if step % 10 == 0:
@@ -285,7 +288,7 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
         train_s = time.perf_counter() - epoch_started
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
         row["train_images_per_s"] = steps_per_epoch * config.batch_size / train_s
-        val = evaluate_dense(net, val_set, config.eval_batch_size, device, config.amp)
+        val = evaluate_dense(net, val_set, config.eval_batch_size, device, config.precision)
         row["val_loss"] = val["loss"]
         if task == "segment":
             row.update(val_miou=val["miou"], val_pixel_accuracy=val["pixel_accuracy"])
@@ -300,12 +303,13 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
         run.save_state(training_state(epoch + 1, net, optimizer, scheduler, history, config, device))
         run.write_history(history, HISTORY_FIELDS[task])
     train_time = sum(row["epoch_time_s"] for row in history)
-    result = evaluate_dense(net, test_set, config.eval_batch_size, device, config.amp)
+    result = evaluate_dense(net, test_set, config.eval_batch_size, device, config.precision)
     metrics = {
         "task": task, **_test_metrics(result, task, test_set),
         "epochs": len(history), "params": params, "flops": count_flops(net, test_set.image_shape),
         "train_time_s": round(train_time, 2), "wall_time_s": round(time.perf_counter() - started, 2),
-        "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+        "device": device_name(device), "precision": describe_precision(config.precision, device),
+        "torch": torch.__version__, "python": platform.python_version(),
         "seed": seed, "model": model, "dataset": "mnist-canvas", "command": command, "train_n": len(train_set),
         "recipe": config.to_dict(), **({"init": str(init)} if init is not None else {}),
     }
@@ -357,10 +361,12 @@ def _write_figures(run: Run, model: nn.Module, history: list[dict[str, Any]], te
 
 
 def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, device: str | None = None,
-                       data_root: str | os.PathLike[str] | None = None, write: bool = True) -> dict[str, Any]:
-    """``vitlab evaluate`` for a dense run: its model on its own canvases' ``split``; the result is merged
-    into ``metrics.json`` (under ``test_*`` or ``val_*``/``train_*`` keys) of a finished run unless
-    ``write=False``."""
+                       data_root: str | os.PathLike[str] | None = None, write: bool = True,
+                       precision: str | None = None) -> dict[str, Any]:
+    """``vitlab evaluate`` for a dense run: its model on its own canvases' ``split`` (in ``precision``;
+    default the run's own); the result is merged into ``metrics.json`` (under ``test_*`` or
+    ``val_*``/``train_*`` keys) of a finished run unless ``write=False``."""
+    from .precision import recorded_precision
     from .runtime import pick_device
 
     config = run.config()
@@ -374,7 +380,7 @@ def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, dev
     target = pick_device(device)
     dataset = load_canvas(split, canvas, data_root)
     result = evaluate_dense(run.model(map_location=target), dataset, batch_size, target,
-                            amp=config.get("train", {}).get("amp", True))
+                            precision=precision or recorded_precision(config.get("train", {})))
     if write and run.is_finished():  # an unfinished run has no metrics.json to add to (resume it first)
         metrics = run.metrics()
         metrics.update(_test_metrics(result, task, dataset, split))

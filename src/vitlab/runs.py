@@ -46,6 +46,7 @@ from .checkpoint import (
     unwrap,
 )
 from .data import ImageTensorDataset, load_dataset
+from .precision import describe_precision
 
 __all__ = ["Run", "RunError", "train_run", "model_spec", "model_from_spec", "count_flops", "HISTORY_FIELDS",
            "command_line", "device_name"]
@@ -478,7 +479,8 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
         run.write_config({**run_config, "command": command})
         if verbose:
             print(f"training {model} ({params:,} parameters) on {dataset}: {len(train_set):,} train / "
-                  f"{len(val_set):,} val / {len(test_set):,} test images, device {device}"
+                  f"{len(val_set):,} val / {len(test_set):,} test images, device {device}, "
+                  f"precision {describe_precision(config.precision, device)}"
                   + (f", {dist.world_size} processes" if dist.enabled else ""), flush=True)
 
     previous = None
@@ -491,7 +493,7 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     history = fit(net, train_set, val_set, config, out_dir=run, resume=resume, device=device, progress=progress)
     train_time = time.perf_counter() - started
     result = evaluate(net, test_set, config.eval_batch_size, dist=dist, device=next(net.parameters()).device,
-                      amp=config.amp)
+                      precision=config.precision)
     if not dist.is_main:
         return run
     # A resumed run adds the time spent before the interruption (kept in the history rows).
@@ -505,6 +507,7 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
         "train_time_s": round(total_train_time, 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "device": device_name(next(net.parameters()).device), "world_size": dist.world_size,
+        "precision": describe_precision(config.precision, next(net.parameters()).device),
         "torch": torch.__version__, "python": platform.python_version(), "seed": seed,
         "model": model, "dataset": dataset, "command": command,
         "time_budget_s": time_budget, "train_n": len(train_set), "recipe": config.to_dict(),

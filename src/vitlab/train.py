@@ -6,10 +6,12 @@
 * :func:`evaluate`: accuracy, loss, per-class accuracy and confusion matrix;
 * :func:`fit`: epochs of the two, with a checkpoint after each (resumable to the same result).
 
-:func:`autocast_context` is the one place that decides the precision, for training and evaluation.
+:func:`vitlab.precision.autocast_context` is the one place that decides the precision (``--precision
+auto|fp32|bf16``), for training and evaluation; ``--compile`` runs the training step through
+:func:`torch.compile` (opt-in: it is slower on some presets, see the bench).
 The recipe is a :class:`TrainConfig`; :func:`vitlab.runs.train_run` drives a whole experiment.
 
-It runs unchanged on CPU, on one GPU (bf16 autocast), and under
+It runs unchanged on CPU, on one GPU, and under
 ``torchrun --nproc_per_node=N`` (DistributedDataParallel: every process trains
 on its own shard, metrics are summed across processes, only rank 0 writes
 files and shows progress).
@@ -37,6 +39,7 @@ from .checkpoint import CheckpointError, unwrap
 from .configs import Config, ConfigError
 from .data import BatchLoader, ImageTensorDataset
 from .early_exit import ExitLoss, ExitOutputs
+from .precision import Precision, autocast_context
 from .runtime import pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -92,7 +95,11 @@ class TrainConfig(Config):
     augment: str = field(default="none", metadata=_help("batch augmentation (vitlab.augment.AUGMENTATIONS)"))
     seed: int = field(default=0, metadata=_help("fixes initialization, data order and splits"))
     eval_batch_size: int = field(default=1000, metadata=_help("images per evaluation batch"))
-    amp: bool = field(default=True, metadata=_help("bf16 autocast on CUDA (training and evaluation)"))
+    precision: Precision = field(default="auto", metadata=_help(
+        "fp32, bf16 (autocast), or auto: bf16 where the device has fast bf16 units (a CUDA GPU with bf16 tensor "
+        "cores, a CPU with AMX), else fp32 (vitlab.precision)"))
+    compile: bool = field(default=False, metadata=_help("torch.compile the model for training (opt-in: slower on "
+                                                        "some presets and machines; `make bench` measures it)"))
     max_steps_per_epoch: int | None = field(default=None, metadata=_help("cut epochs short (smoke tests)"))
     freeze: Freeze = field(default="none", metadata=_help("'backbone': train only the classifier head (a linear "
                                                           "probe); frozen layers also run in eval mode"))
@@ -107,8 +114,18 @@ class TrainConfig(Config):
                                                              "1 - alpha)"))
     distill_tau: float = field(default=1.0, metadata=_help("temperature of soft distillation"))
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """As :meth:`Config.from_dict`, and reads the runs recorded before ``precision`` existed: their
+        ``amp`` flag meant bf16 on CUDA and fp32 on CPUs, which ``auto`` now does (``amp: false``: fp32)."""
+        if isinstance(values, dict) and "amp" in values and "precision" not in values:
+            legacy = values["amp"]
+            values = {k: v for k, v in values.items() if k != "amp"}
+            values["precision"] = "fp32" if legacy is False else "auto"
+        return super().from_dict(values)
+
     def __post_init__(self) -> None:
-        super().__post_init__()  # optimizer: checked against its Literal type
+        super().__post_init__()  # optimizer and precision: checked against their Literal types
         from .augment import AUGMENTATIONS
 
         if self.grad_clip == 0:  # --grad-clip 0 means "no clipping"
@@ -197,14 +214,6 @@ def leave_process_group(wait: bool = True) -> None:
         torch_dist.destroy_process_group()
 
 
-def autocast_context(device: torch.device, amp: bool = True) -> AbstractContextManager[Any]:
-    """The precision context of every forward pass, in training and evaluation alike: bf16 autocast
-    on CUDA when ``amp`` is on, full fp32 everywhere else (bf16 attention's backward is slow on CPUs)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 Criterion = Callable[[Tensor, Any, Tensor], Tensor]
 
 
@@ -263,7 +272,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     """
     dist = dist or DistContext()
     device = loader.device
-    autocast = autocast_context(device, config.amp)
+    autocast = autocast_context(device, config.precision)
     steps = len(loader) if steps is None else min(steps, len(loader))
     set_train_mode(model)
     started = time.perf_counter()
@@ -307,9 +316,10 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     set_train_mode(probe)
     criterion = make_criterion(probe, config, device, train_set)  # a teacher's forward pass is part of every step
     optimizer = make_optimizer(probe, config)
+    step_model = torch.compile(probe) if config.compile else probe  # compiled in the first, untimed steps
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment))
-    autocast = autocast_context(device, config.amp)
+    autocast = autocast_context(device, config.precision)
     rng = torch.get_rng_state()
     timings = []
 
@@ -322,7 +332,7 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     for step, (images, labels) in enumerate(batches()):  # timed from batch fetch (with augmentation) to step end
         if step == probe_steps + 2:
             break
-        train_step(probe, images, labels, optimizer, config, autocast, criterion=criterion)
+        train_step(step_model, images, labels, optimizer, config, autocast, criterion=criterion)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= 2:  # the first steps pay one-off allocation costs
@@ -335,9 +345,9 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
     eval_s = 0.0
     if val_set is not None and len(val_set):
         sample = val_set.subset(torch.arange(min(len(val_set), 500)))
-        evaluate(probe, sample, config.eval_batch_size, device, amp=config.amp)  # warm-up: one-off costs
+        evaluate(probe, sample, config.eval_batch_size, device, precision=config.precision)  # warm-up: one-off costs
         started = time.perf_counter()
-        evaluate(probe, sample, config.eval_batch_size, device, amp=config.amp)
+        evaluate(probe, sample, config.eval_batch_size, device, precision=config.precision)
         eval_s = (time.perf_counter() - started) * len(val_set) / min(len(val_set), 500)
     steps_per_epoch = len(loader)
     fits = budget_s / (steps_per_epoch * step_s + eval_s)  # epochs that fit, fractional
@@ -443,12 +453,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 1000,
              device: torch.device | str | None = None, dist: DistContext | None = None,
-             progress: bool = False, amp: bool = True) -> dict[str, Any]:
+             progress: bool = False, precision: str = "auto") -> dict[str, Any]:
     """Accuracy, mean loss, per-class accuracy and confusion matrix of ``model`` on ``dataset``.
 
     Returns ``{"accuracy", "loss", "n", "per_class_accuracy" (list), "confusion" (classes x classes
     list, rows = true class, columns = predicted)}``. Under DDP each rank scores its shard and
-    the counts are summed. ``amp=False`` keeps a CUDA evaluation in fp32 (as ``--no-amp`` training).
+    the counts are summed. ``precision`` as in training (:mod:`vitlab.precision`).
     """
     dist = dist or DistContext()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -459,7 +469,7 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loader = BatchLoader(dataset, batch_size, device=device, rank=dist.rank, world_size=dist.world_size)
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        with autocast_context(device, amp):
+        with autocast_context(device, precision):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         predictions = logits.argmax(dim=1)
@@ -469,7 +479,7 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
         leftover = len(dataset) % dist.world_size
         if leftover and dist.is_main:
             tail = dataset.subset(torch.arange(len(dataset) - leftover, len(dataset)))
-            extra = evaluate(model, tail, batch_size, device, amp=amp)
+            extra = evaluate(model, tail, batch_size, device, precision=precision)
             confusion += torch.tensor(extra["confusion"], dtype=torch.float64, device=device)
             loss_sum += extra["loss"] * extra["n"]
         dist.all_sum(confusion)
@@ -562,6 +572,8 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
     if dist.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:  # the first steps pay the compilation; weights are saved from the plain model
+        train_model = torch.compile(train_model)
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
                          augment=get_augmentation(config.augment), rank=dist.rank, world_size=dist.world_size)
     steps_per_epoch = len(loader)
@@ -603,7 +615,7 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
                                    dist=dist, description=f"epoch {epoch + 1}/{config.epochs}", progress=show,
                                    criterion=criterion))
         if val_set is not None and len(val_set):
-            val = evaluate(model, val_set, config.eval_batch_size, device, dist, amp=config.amp)
+            val = evaluate(model, val_set, config.eval_batch_size, device, dist, precision=config.precision)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         row["epoch_time_s"] = time.perf_counter() - started
         history.append(row)
