@@ -1,12 +1,12 @@
 """Throughput benchmark: every registered vitlab preset, fp32 and bf16, training and inference, against
-timm's twin of the same architecture, with torch.compile measured on the side.
+timm's twin of the same architecture, with torch.compile measured on the side; one run, one machine.
 
     make bench                                   (installs the `bench` extra: timm; writes bench/results.json,
                                                   bench/results.md)
     python bench/bench.py --help
     python bench/bench.py --readme README.md --from bench/results.json   (paste the tables into the README)
 
-What it measures, in one process on one machine:
+What it measures:
 
 * the machine's **matmul peak** in fp32 and in bf16 (a square matmul, median of timed windows): the
   ceiling against which the models' achieved GFLOP/s are read;
@@ -152,14 +152,14 @@ def measure(calls: dict[str, Callable[[], None]], images_per_call: int, device: 
     per_call: dict[str, float] = {}
     first: dict[str, float] = {}
     for name, call in calls.items():
-        for warm in range(2):
+        for warm in range(2):  # the first call pays one-off costs (allocation, compilation): size from the second
             t = time.perf_counter()
             call()
             _sync(device)
             per_call[name] = time.perf_counter() - t
             if warm == 0:
                 first[name] = per_call[name]
-            if per_call[name] > window:  # slow enough that one call is its own warm-up
+            if per_call[name] > budget / 2:  # so slow (emulated bf16) that one-off costs hardly matter
                 break
     counts = {name: max(1, round(window / max(seconds, 1e-6))) for name, seconds in per_call.items()}
     rates: dict[str, list[float]] = {name: [] for name in calls}
@@ -197,7 +197,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, budget: float = 8.0) -
 # ----------------------------------------------------------------------------- one preset
 
 def bench_preset(name: str, device: torch.device, precisions: list[str], args: argparse.Namespace,
-                 with_timm: bool) -> tuple[list[dict], dict | None]:
+                 with_timm: bool) -> list[dict]:
+    """One row per (implementation, precision) of preset ``name``: images/s in training and inference."""
     entry = get_model(name)
     torch.manual_seed(0)
     models: dict[str, nn.Module] = {"vitlab": create_model(name).to(device)}
@@ -241,10 +242,11 @@ def bench_compile(name: str, device: torch.device, args: argparse.Namespace) -> 
             "compiled_images_per_s": result["images_per_s"]}
 
 
-def in_subprocess(kind: str, name: str, argv: list[str]) -> object:
-    """Run one preset's measurements (``kind``: ``preset`` or ``compile``) in a fresh Python process and
-    return its result. Each preset gets a clean process: measured in one long process, later presets ran
-    up to 3x slower after earlier ones (allocator and thread-pool state), which a fresh process avoids."""
+def in_subprocess(kind: str, name: str, argv: list[str]) -> Any:
+    """Run one preset's measurements (``kind``: ``preset`` or ``compile``) in a fresh Python process and return its
+    result (``None``, said on the console, if it failed). Each preset gets a clean process: measured in one long
+    process, later presets ran up to 3x slower after earlier ones (allocator and thread-pool state), which a
+    fresh process avoids."""
     import subprocess
     import tempfile
 
@@ -254,7 +256,9 @@ def in_subprocess(kind: str, name: str, argv: list[str]) -> object:
                    "--worker-out", str(out)]
         code = subprocess.run(command).returncode
         if code != 0 or not out.exists():
-            raise SystemExit(f"bench: measuring {name} ({kind}) failed (exit {code}); command: {' '.join(command)}")
+            print(f"bench: measuring {name} ({kind}) failed (exit {code}); left out of the results. Command: "
+                  f"{' '.join(command)}", flush=True)
+            return None
         return json.loads(out.read_text())
 
 
@@ -346,6 +350,8 @@ def markdown(results: dict) -> str:
             speedup = f"{c['speedup']:.2f}x" if c.get("speedup") else "–"
             lines.append(f"| {c['model']} | {c['precision']} | {c['compile_s']:.0f} s | {eager} "
                          f"| {c['compiled_images_per_s']:,.0f} | {speedup} |")
+    if results.get("failed"):
+        lines += ["", f"Failed to measure (see the run's console): {', '.join(results['failed'])}."]
     data = results.get("data")
     if data:
         lines += ["", f"Data loading (MNIST, batch 128): vitlab's BatchLoader "
@@ -431,10 +437,18 @@ def main(argv: list[str] | None = None) -> int:
         passed_on = ["--precisions", ",".join(precisions), "--batch", str(args.batch), "--repeats", str(args.repeats),
                      "--window", str(args.window), "--budget", str(args.budget), "--device", str(device),
                      *(["--no-timm"] if args.no_timm else [])]
+        failed = []
         for name in names:
-            rows += in_subprocess("preset", name, passed_on)
+            preset_rows = in_subprocess("preset", name, passed_on)
+            if preset_rows is None:
+                failed.append(name)
+                continue
+            rows += preset_rows
             if args.compile and (args.compile_models == "all" or name in args.compile_models.split(",")):
                 result = in_subprocess("compile", name, passed_on)
+                if result is None:
+                    failed.append(f"{name} (compile)")
+                    continue
                 eager = next((r["train_images_per_s"] for r in rows if r["model"] == name
                               and r["implementation"] == "vitlab" and r["precision"] == result["precision"]), None)
                 result["eager_images_per_s"] = eager
@@ -451,12 +465,14 @@ def main(argv: list[str] | None = None) -> int:
             print("data loading: skipped, MNIST not found (set VITLAB_DATA to the folder that holds it)")
             data = {}
         results = {"machine": info, "peaks": peaks, "batch": args.batch, "rows": rows, "compiled": compiled,
-                   "data": data, "command": " ".join(["python bench/bench.py", *(argv or sys.argv[1:])]),
+                   "data": data, "failed": failed, "command": " ".join(["python bench/bench.py", *argv]),
                    "seconds": round(time.perf_counter() - started)}
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)
     print(table)
+    if results.get("failed"):
+        print(f"bench: {len(results['failed'])} measurement(s) failed: {', '.join(results['failed'])}")
     if args.markdown:
         Path(args.markdown).write_text(table)
     if args.readme:

@@ -81,18 +81,23 @@ def test_gpu_check_refuses_a_machine_without_a_gpu(monkeypatch, capsys, tmp_path
 
 def test_gpu_check_summary_names_the_card_and_every_step(tmp_path) -> None:
     log = tmp_path / "unit-tests.log"
-    log.write_text("....F.\n..\n=========== 1 failed, 7 passed in 3.21s ===========\n")
-    assert gpu_check.pytest_counts(log) == "1 failed, 7 passed"
-    log.write_text("......\n...F")  # killed at the limit: no closing line
+    # What `pytest -q` prints (its closing line has no ===), with a FAILED line in the short summary.
+    log.write_text("....F.                                   [ 75%]\n..                                       [100%]\n"
+                   "FAILED tests/test_x.py::test_y - AssertionError\n1 failed, 7 passed, 1 skipped in 3.21s\n")
+    assert gpu_check.pytest_counts(log) == "1 failed, 7 passed, 1 skipped"
+    log.write_text("=========== 2 passed in 0.50s ===========\n")  # pytest without -q
+    assert gpu_check.pytest_counts(log) == "2 passed"
+    log.write_text("......                                   [ 40%]\n...F")  # killed at the limit: no closing line
     assert gpu_check.pytest_counts(log) == "9 passed, 1 failed before the limit"
     info = {"gpu": "NVIDIA H100", "device": "cuda", "date": "2026-11-27T06:00", "torch": "2.14.1",
             "python": "3.12", "capability": "9.0", "gpu_memory_gib": 79.2, "precision_auto": "bf16 (auto)"}
     records = [{"step": "unit-tests", "status": "passed", "seconds": 80.0, "result": "7 passed"},
                {"step": "notebooks", "status": "timed out after 150 s", "seconds": 150.0, "result": "3 passed"}]
     trained = {"vit_cifar": {"test_accuracy": 0.5123, "epochs": 3, "train_time_s": 59.0, "precision": "bf16",
-                             "train_images_per_s": 9000.0, "steps_per_epoch_cap": None}}
+                             "train_images_per_s": 9000.0, "steps_per_epoch_cap": None,
+                             "dataset": "cifar10 (45,000 train images)"}}
     text = gpu_check.summary_markdown(info, records, trained, "| bench |", 540.0, 60.0)
     assert text.startswith("# vitlab GPU check: NVIDIA H100")
     assert "| notebooks | timed out after 150 s | 150 | 3 passed |" in text
-    assert "| vit_cifar | CIFAR-10 (full) | bf16 | 3 | 59 s | 9,000 | 51.23 % |" in text
+    assert "| vit_cifar | cifar10 (45,000 train images) | bf16 | 3 | 59 s | 9,000 | 51.23 % |" in text
     assert "## Bench" in text and "9.0 minutes" in text

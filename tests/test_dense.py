@@ -25,6 +25,7 @@ from vitlab.detection import (
     postprocess,
     targets_from_canvas,
 )
+from vitlab.model import ViT, ViTConfig
 from vitlab.runs import Run, RunError
 from vitlab.segmentation import SegmentationMetrics, Segmenter, segmentation_loss
 
@@ -254,6 +255,16 @@ def test_postprocess_gives_pixel_boxes_and_drops_no_object():
     assert found["labels"].tolist() == [1]
     assert found["boxes"].tolist() == [[10.0, 15.0, 30.0, 25.0]]
     assert box_iou(found["boxes"], found["boxes"]).item() == pytest.approx(1)
+
+
+def test_the_task_is_read_through_compile_and_ddp_wrappers():
+    """``--compile`` wraps the model (``OptimizedModule``; compiled lazily, so this costs nothing): the
+    dense loss must still see a segmenter or a detector, not a classifier."""
+    from vitlab.dense import task_of
+
+    segmenter, detector = Segmenter(**TINY_MODEL, decoder="linear"), YOLOS(**TINY_MODEL, num_det_tokens=6)
+    assert task_of(torch.compile(segmenter)) == "segment" and task_of(torch.compile(detector)) == "detect"
+    assert task_of(torch.compile(ViT(ViTConfig(**TINY_MODEL, in_channels=1)))) == "classify"
 
 
 # ----------------------------------------------------------------------------- learning and runs

@@ -220,6 +220,27 @@ def test_train_run_refuses_to_overwrite_and_resumes_a_finished_run(folder_run):
                                                                                            "batch_size": 8}})
 
 
+def test_runs_recorded_with_amp_still_resume(folder_run, tmp_path):
+    """A run recorded before ``precision`` existed (``amp: true`` in config.json and in its checkpoint)
+    resumes under today's default recipe instead of being refused as a different one."""
+    import shutil
+
+    run, data = folder_run
+    old = Run(shutil.copytree(run.path, tmp_path / "old"))
+    config = old.config()
+    legacy = {k: v for k, v in config["train"].items() if k not in ("precision", "compile")} | {"amp": True}
+    old.write_config({**config, "train": legacy})
+    state = old.load_state()
+    old.save_state({**state, "train_config": legacy})
+    args = dict(model_args={"image_size": 16}, seed=2, progress=False, verbose=False)
+    again = train_run("vit_seed", f"folder:{data}", old.path, resume=True, recipe={"epochs": 2, "batch_size": 8},
+                      **args)
+    assert again.metrics()["test_accuracy"] == run.metrics()["test_accuracy"]
+    with pytest.raises(RunError, match="precision"):  # a real change of precision is still refused
+        train_run("vit_seed", f"folder:{data}", old.path, resume=True,
+                  recipe={"epochs": 2, "batch_size": 8, "precision": "bf16"}, **args)
+
+
 def test_evaluations_are_recorded_without_replacing_numbers_from_other_images(folder_run, tmp_path):
     import shutil
 

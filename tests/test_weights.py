@@ -32,7 +32,7 @@ def test_shipped_weights_reproduce_their_test_accuracy():
     run = shipped_run("vit_mnist")
     metrics = json.loads((run / "metrics.json").read_text())
     model = load_model(run)
-    result = evaluate(model, load_dataset("mnist", "test"), batch_size=1000)
+    result = evaluate(model, load_dataset("mnist", "test"), batch_size=1000, precision="fp32")
     assert result["n"] == 10000
     # Within 0.05 percentage points, i.e. at most 5 of the 10,000 test images may flip (float rounding).
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
@@ -49,7 +49,7 @@ def test_shipped_cifar_weights_reproduce_their_test_accuracy():
     # Recorded on the 12,000-image PNG subset, which its config.json names (cifar10-subset).
     test_set = Run(run).dataset("test")
     assert test_set.name == "cifar10-subset"
-    result = evaluate(load_model(run), test_set, batch_size=500)
+    result = evaluate(load_model(run), test_set, batch_size=500, precision="fp32")
     assert result["n"] == metrics["test_n"]
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
 
@@ -90,7 +90,7 @@ def test_shipped_swin_reproduces_its_test_accuracy():
     run = Run(shipped_run("mnist-swin_mnist"))
     assert not (run.path / "checkpoint.pt").exists() and (run.path / "model.safetensors").stat().st_size < 2 * 2**20
     assert run.config()["model"]["family"] == "swin" and run.config()["experiment"] == "swin"
-    result = evaluate(run.model(), run.dataset("test"), batch_size=1000)
+    result = evaluate(run.model(), run.dataset("test"), batch_size=1000, precision="fp32")
     assert result["n"] == run.metrics()["test_n"] == 10000
     assert abs(result["accuracy"] - run.metrics()["test_accuracy"]) <= 0.0005, result["accuracy"]
 

@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--batch-size", type=int, default=1000)
     evaluate.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
-                          help="numeric precision (vitlab.precision); default: the one the run trained with")
+                          help="numeric precision (vitlab.precision); default: fp32 for a run that trained in "
+                               "fp32, else auto")
     evaluate.add_argument("--no-write", action="store_true", help="print only; do not update metrics.json")
 
     explain = sub.add_parser("explain", help="draw attention maps, attention rollout or Grad-CAM for test images",
@@ -317,7 +318,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = run.model(map_location=pick_device(args.device))
     dataset = run.dataset(args.split, name=args.dataset, root=args.data_root, subset=args.subset)
     started = time.perf_counter()
-    precision = args.precision or recorded_precision(run.config().get("train", {}))
+    precision = args.precision or recorded_precision(run.config().get("train", {}), _recorded_metrics(run))
     result = evaluate(model, dataset, args.batch_size, precision=precision)
     elapsed = time.perf_counter() - started
     _print_table(result, dataset.classes)
@@ -331,6 +332,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run.record_evaluation(result, dataset)
     print(f"updated {run.path / Run.METRICS}")
     return 0
+
+
+def _recorded_metrics(run: Any) -> dict[str, Any]:
+    """A run's metrics.json, or nothing (unfinished or unreadable: evaluation goes on without it)."""
+    from .runs import RunError
+
+    try:
+        return run.metrics() if run.is_finished() else {}
+    except RunError:
+        return {}
 
 
 def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:

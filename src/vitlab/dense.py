@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .canvas import CanvasConfig, CanvasDataset, canvas_batches, load_canvas
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, unwrap
 from .configs import ConfigError
 from .detection import DetectionMetrics, DetectionOutput, SetCriterion, postprocess, targets_from_canvas
 from .model import ViT, count_parameters
 from .precision import describe_precision
-from .runs import Run, RunError, command_line, count_flops, device_name, model_spec
+from .runs import Run, RunError, check_resume_recipe, command_line, count_flops, device_name, model_spec
 from .segmentation import SegmentationMetrics, segmentation_loss
 from .train import optimizer_step, restore_training_state, training_state
 
@@ -58,8 +58,9 @@ _UNSUPPORTED = {"augment": "none", "label_smoothing": 0.0, "freeze": "none", "la
 
 
 def task_of(model: nn.Module) -> str:
-    """``"segment"``, ``"detect"``, or ``"classify"`` for every other vitlab model."""
-    return getattr(type(model), "task", "classify")
+    """``"segment"``, ``"detect"``, or ``"classify"`` for every other vitlab model (also when wrapped by
+    ``torch.compile`` or DDP)."""
+    return getattr(type(unwrap(model)), "task", "classify")
 
 
 def _loss(model: nn.Module, output: Tensor | DetectionOutput, masks: Tensor, boxes: Tensor, labels: Tensor,
@@ -240,7 +241,8 @@ def dense_run(task: Task, model: str | None, out: str | os.PathLike[str], *, rec
         # provenance, not a setting, so it may differ on resume.
         saved["dataset"] = {k: v for k, v in saved.get("dataset", {}).items() if k != "source"}
         compared = {**run_config, "dataset": {k: v for k, v in run_config["dataset"].items() if k != "source"}}
-        for key in ("task", "model", "train", "init", "dataset"):
+        check_resume_recipe(run, saved, config)
+        for key in ("task", "model", "init", "dataset"):
             if saved.get(key) != compared.get(key):
                 raise RunError(f"cannot resume {run.path}: its {key} settings differ from this command's "
                                f"(saved {saved.get(key)} vs now {run_config.get(key)})")
@@ -363,9 +365,9 @@ def _write_figures(run: Run, model: nn.Module, history: list[dict[str, Any]], te
 def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, device: str | None = None,
                        data_root: str | os.PathLike[str] | None = None, write: bool = True,
                        precision: str | None = None) -> dict[str, Any]:
-    """``vitlab evaluate`` for a dense run: its model on its own canvases' ``split`` (in ``precision``;
-    default the run's own); the result is merged into ``metrics.json`` (under ``test_*`` or
-    ``val_*``/``train_*`` keys) of a finished run unless ``write=False``."""
+    """``vitlab evaluate`` for a dense run: its model on its own canvases' ``split`` (in ``precision``; default
+    :func:`~vitlab.precision.recorded_precision`); the result is merged into ``metrics.json`` (under ``test_*``
+    or ``val_*``/``train_*`` keys) of a finished run unless ``write=False``."""
     from .precision import recorded_precision
     from .runtime import pick_device
 
@@ -380,7 +382,8 @@ def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, dev
     target = pick_device(device)
     dataset = load_canvas(split, canvas, data_root)
     result = evaluate_dense(run.model(map_location=target), dataset, batch_size, target,
-                            precision=precision or recorded_precision(config.get("train", {})))
+                            precision=precision or recorded_precision(
+                                config.get("train", {}), run.metrics() if run.is_finished() else None))
     if write and run.is_finished():  # an unfinished run has no metrics.json to add to (resume it first)
         metrics = run.metrics()
         metrics.update(_test_metrics(result, task, dataset, split))

@@ -15,7 +15,7 @@
 Attention is where bf16 goes wrong on CPUs: PyTorch's fused CPU flash-attention *backward* in bf16
 took 80 % of a ``vit_cifar`` training step on an AMX machine (235 ms a call, against 130 ms for
 every matrix product together). :func:`attention_dtype` therefore runs the fused attention kernel
-in fp32 on CPUs whenever a backward pass will follow, while the linear layers around it run in bf16;
+in fp32 on CPUs whenever a backward pass will go through it, while the linear layers around it run in bf16;
 inference keeps the bf16 kernel (its forward is not the slow part). On CUDA, bf16 flash attention
 is the fast kernel and is used as is.
 
@@ -39,13 +39,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 def cpu_has_amx() -> bool:
-    """True when this CPU has Intel AMX tiles for bf16 (PyTorch's own run-time check of the CPU and the
-    operating system's permission to use them)."""
+    """True when this CPU has Intel AMX tiles (PyTorch's run-time check of the CPU's features, the one its
+    own oneDNN kernels rely on; every AMX CPU so far has the bf16 unit). False on a PyTorch too old to ask."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:  # a PyTorch built without the check
-        return False
+    return bool(check()) if check is not None else False
 
 
 def cuda_has_bf16_units(device: torch.device) -> bool:
@@ -97,12 +94,12 @@ def autocast_context(device: torch.device | str, precision: str = "auto") -> Abs
 
 
 def attention_dtype(q: torch.Tensor) -> torch.dtype | None:
-    """The dtype the fused attention kernel should compute in for these queries, or ``None`` for
-    "as they are": fp32 for bf16 queries on a CPU when a backward pass will follow (gradients
-    enabled), because the CPU's bf16 flash-attention backward is several times slower than the fp32
-    one (see the module docstring). The attention's matmuls are a small share of a ViT's FLOPs at
-    these token counts, so fp32 there costs little."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+    """The dtype the fused attention kernel should compute in for these queries, or ``None`` for "as they are": fp32
+    for bf16 queries on a CPU when a backward pass will go through them (they require gradients; not in
+    inference, nor in a frozen backbone), because the CPU's bf16 flash-attention backward is several times
+    slower than the fp32 one (see the module docstring). The attention's matmuls are a small share of a ViT's
+    FLOPs at these token counts, so fp32 there costs little."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         return torch.float32
     return None
 
@@ -124,9 +121,17 @@ def describe_precision(precision: str, device: torch.device | str) -> str:
     return f"{resolved} (auto: {why})"
 
 
-def recorded_precision(train_config: dict[str, Any]) -> str:
-    """The precision a run folder's ``config.json`` ``train`` section asks for; runs recorded before
-    ``precision`` existed say ``amp`` (true: bf16 on CUDA, fp32 on CPUs, which ``auto`` does; false: fp32)."""
+def recorded_precision(train_config: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
+    """The precision to evaluate a recorded run in: ``fp32`` for a run that computed in fp32, else ``auto``
+    (bf16 where this device has fast bf16, fp32 elsewhere), so a model trained in fp32 is never scored
+    in bf16 on another machine. Read from ``metrics.json``'s resolved ``precision`` when there is one,
+    else from ``config.json``'s ``train`` section; runs recorded before ``precision`` existed say
+    ``amp``, which meant bf16 on CUDA and fp32 on CPUs (their ``metrics.json`` names the device)."""
+    metrics = metrics or {}
+    if metrics.get("precision"):  # e.g. "fp32 (auto: CPU without AMX)"
+        return "fp32" if str(metrics["precision"]).startswith("fp32") else "auto"
     if "precision" in train_config:
-        return str(train_config["precision"])
-    return "fp32" if train_config.get("amp") is False else "auto"
+        return "fp32" if train_config["precision"] == "fp32" else "auto"
+    if train_config.get("amp") is False:
+        return "fp32"
+    return "auto" if str(metrics.get("device", "")).startswith("cuda") else "fp32"

@@ -45,11 +45,12 @@ from .checkpoint import (
     save_weights,
     unwrap,
 )
+from .configs import ConfigError
 from .data import ImageTensorDataset, load_dataset
 from .precision import describe_precision
 
 __all__ = ["Run", "RunError", "train_run", "model_spec", "model_from_spec", "count_flops", "HISTORY_FIELDS",
-           "command_line", "device_name"]
+           "command_line", "device_name", "check_resume_recipe"]
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s",
                   "train_images_per_s", "train_samples"]
@@ -84,17 +85,35 @@ def model_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Forward FLOPs of ``model`` for one image of shape ``(C, H, W)`` (``torch.utils.flop_counter``;
-    1 multiply-add = 2 FLOPs), counted on a zero image on the model's own device."""
+    1 multiply-add = 2 FLOPs), counted on a zero image on the model's own device. Attention runs through
+    its math kernel while counting: the flop counter has no formula for the CPU's fused one and would
+    count its matrix products as zero."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     model = unwrap(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def check_resume_recipe(run: Run, saved: dict[str, Any], config: Any) -> None:
+    """Refuse to resume ``run`` (its recorded ``config.json`` is ``saved``) with a
+    :class:`~vitlab.train.TrainConfig` ``config`` other than its own (runs recorded with ``amp`` compare
+    as their ``precision``; ``compile`` may change)."""
+    from .train import recipe_differences
+
+    try:
+        diff = recipe_differences(saved.get("train", {}), config)
+    except ConfigError as error:
+        raise RunError(f"cannot resume {run.path}: its train settings are not valid here: {error}") from None
+    if diff:
+        raise RunError(f"cannot resume {run.path}: its train settings differ from this command's "
+                       f"(field: (saved, now)) {diff}")
 
 
 def command_line() -> str:
@@ -458,10 +477,11 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     dist = DistContext.from_env(device.type)
     if resume and run.exists():
         saved = run.config()
-        for key in ("model", "train", "init"):
+        for key in ("model", "init"):
             if saved.get(key) != run_config.get(key):
                 raise RunError(f"cannot resume {run.path}: its {key} settings differ from this command's "
                                f"(saved {saved.get(key)} vs now {run_config[key]})")
+        check_resume_recipe(run, saved, config)
         # The same data: a copy that changed under the run (e.g. the full CIFAR-10 appearing where the
         # subset was) must not be trained on silently.
         identity = [k for k in ("name", "source", "train_n", "val_n", "test_n", "class_subset")

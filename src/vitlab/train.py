@@ -49,7 +49,7 @@ __all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistCont
            "autocast_context", "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget",
            "make_optimizer", "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode",
            "warmup_cosine", "optimizer_step", "rng_state", "set_rng_state", "training_state",
-           "restore_training_state"]
+           "restore_training_state", "recipe_differences"]
 
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -217,6 +217,19 @@ def leave_process_group(wait: bool = True) -> None:
 Criterion = Callable[[Tensor, Any, Tensor], Tensor]
 
 
+#: Fields that change how fast a run goes, not what it computes: a resumed run may change them.
+SPEED_ONLY_FIELDS = ("compile",)
+
+
+def recipe_differences(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """What a resumed run's recipe changes: ``{field: (saved, now)}`` between a recorded ``train``
+    section (old runs' ``amp`` read as :meth:`TrainConfig.from_dict` does) and ``config``, leaving out
+    :data:`SPEED_ONLY_FIELDS`. Raises :class:`ConfigError` for a recorded section that is not valid."""
+    before = TrainConfig.from_dict(saved).to_dict()
+    now = config.to_dict()
+    return {k: (before[k], now[k]) for k in now if k not in SPEED_ONLY_FIELDS and before[k] != now[k]}
+
+
 def train_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
                config: TrainConfig, autocast: AbstractContextManager[Any] | None = None,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -328,6 +341,7 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
             loader.set_epoch(epoch)
             yield from loader
 
+    first_steps_s = 0.0
     started = time.perf_counter()
     for step, (images, labels) in enumerate(batches()):  # timed from batch fetch (with augmentation) to step end
         if step == probe_steps + 2:
@@ -337,11 +351,15 @@ def plan_for_time_budget(model: nn.Module, train_set: ImageTensorDataset, val_se
             torch.cuda.synchronize(device)
         if step >= 2:  # the first steps pay one-off allocation costs
             timings.append(time.perf_counter() - started)
+        else:
+            first_steps_s += time.perf_counter() - started
         started = time.perf_counter()
     torch.set_rng_state(rng)
     if not timings:
         raise ValueError("training set too small to measure a training step")
     step_s = sorted(timings)[len(timings) // 2]
+    if config.compile:  # fit compiles the model again: that time comes out of the budget
+        budget_s = max(budget_s - max(0.0, first_steps_s - 2 * step_s), 0.1 * budget_s)
     eval_s = 0.0
     if val_set is not None and len(val_set):
         sample = val_set.subset(torch.arange(min(len(val_set), 500)))
@@ -594,12 +612,11 @@ def fit(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageTensorDat
     if resume and run is not None and run.has_state():
         state = run.load_state(map_location=device)
         try:
-            saved = TrainConfig.from_dict(state.get("train_config", {}))
+            diff = recipe_differences(state.get("train_config", {}), config)
         except ConfigError as error:
             raise CheckpointError(f"cannot resume {run.state_path}: its training config is not valid here: "
                                   f"{error}") from None
-        if saved != config:
-            diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
+        if diff:
             raise CheckpointError(f"cannot resume {run.state_path}: the training config differs from the one it "
                                   f"was made with (field: (checkpoint, now)) {diff}")
         start_epoch, history = restore_training_state(state, model, optimizer, scheduler, device, run.state_path)
