@@ -86,7 +86,7 @@ precision: $(STAMP)
 	done
 
 # On a machine with an NVIDIA GPU (about 10 minutes): unit tests and notebooks on CUDA, vit_cifar and
-# ResNet-18 trained in bf16 on the full CIFAR-10 for 60 s each, the bench; one summary in reports/gpu-check/.
+# ResNet-18 trained in bf16 on the full CIFAR-10 for 45 s each, the bench; one summary in reports/gpu-check/.
 .PHONY: gpu-check
 gpu-check: $(BENCH_STAMP)
 	$(BIN)/python tools/gpu_check.py --out reports/gpu-check
