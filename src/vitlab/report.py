@@ -64,9 +64,11 @@ def _family(run: dict[str, Any]) -> str:
 
 def _model_label(run: dict[str, Any]) -> str:
     """The model's name, plus how it was taught when a teacher was involved (e.g.
-    ``deit_mnist (hard distillation from mnist-simple_cnn)``)."""
+    ``deit_mnist (hard distillation from mnist-simple_cnn)``), and ``(bf16)`` for a run computed in bf16."""
     train = run["config"].get("train", {})
     name = run["metrics"]["model"]
+    if str(run["metrics"].get("precision", "")).startswith("bf16"):
+        name = f"{name} (bf16)"
     if train.get("distill", "none") != "none":
         teacher = str(train.get("teacher", "?")).rstrip("/").split("/")[-1]
         return f"{name} ({train['distill']} distillation from {teacher})"
