@@ -126,7 +126,7 @@ def make_step(model: nn.Module, config: Any, task: str, batch: int, device: torc
             dense_step(model, (images, masks, boxes, labels), optimizer, None, criterion, None, autocast)
 
     def infer() -> None:
-        with torch.no_grad(), autocast_context(device, precision):
+        with torch.no_grad(), autocast:
             model(infer_images)
 
     def train_mode() -> None:

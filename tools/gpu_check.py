@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -186,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
                    "--time-budget", f"{args.train_budget:g}", "--precision", "auto", "--out", str(run), "--quiet",
                    "--device", str(device)]
         if run.exists():
-            import shutil
-
             shutil.rmtree(run)  # a fresh run every check (the budget is the point)
         record = run_step(step, command, args.train_budget + LIMITS[step] * args.scale, out,
                           {"PYTHONUNBUFFERED": "1"})

@@ -303,7 +303,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .precision import recorded_precision
     from .runs import Run
     from .runtime import pick_device
     from .train import evaluate
@@ -318,8 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = run.model(map_location=pick_device(args.device))
     dataset = run.dataset(args.split, name=args.dataset, root=args.data_root, subset=args.subset)
     started = time.perf_counter()
-    precision = args.precision or recorded_precision(run.config().get("train", {}), _recorded_metrics(run))
-    result = evaluate(model, dataset, args.batch_size, precision=precision)
+    result = evaluate(model, dataset, args.batch_size, precision=args.precision or run.evaluation_precision())
     elapsed = time.perf_counter() - started
     _print_table(result, dataset.classes)
     print(f"{args.split} accuracy of {run.path}: {100 * result['accuracy']:.2f}% ({result['n']:,} images, "
@@ -332,16 +330,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run.record_evaluation(result, dataset)
     print(f"updated {run.path / Run.METRICS}")
     return 0
-
-
-def _recorded_metrics(run: Any) -> dict[str, Any]:
-    """A run's metrics.json, or nothing (unfinished or unreadable: evaluation goes on without it)."""
-    from .runs import RunError
-
-    try:
-        return run.metrics() if run.is_finished() else {}
-    except RunError:
-        return {}
 
 
 def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:

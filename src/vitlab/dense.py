@@ -105,8 +105,9 @@ def evaluate_dense(model: nn.Module, dataset: CanvasDataset, batch_size: int = 5
     classes = model.config.num_classes
     metrics = SegmentationMetrics(classes) if task == "segment" else DetectionMetrics(classes)
     loss_sum, n = 0.0, 0
+    autocast = autocast_context(device, precision)  # resolved once, not per batch
     for images, masks, boxes, labels in canvas_batches(dataset, batch_size, device=device):
-        with autocast_context(device, precision):
+        with autocast:
             output = model(images)
         loss, _ = _loss(model, output, masks, boxes, labels, criterion)
         loss_sum += loss.item() * len(images)
@@ -366,9 +367,8 @@ def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, dev
                        data_root: str | os.PathLike[str] | None = None, write: bool = True,
                        precision: str | None = None) -> dict[str, Any]:
     """``vitlab evaluate`` for a dense run: its model on its own canvases' ``split`` (in ``precision``; default
-    :func:`~vitlab.precision.recorded_precision`); the result is merged into ``metrics.json`` (under ``test_*``
+    :meth:`Run.evaluation_precision`); the result is merged into ``metrics.json`` (under ``test_*``
     or ``val_*``/``train_*`` keys) of a finished run unless ``write=False``."""
-    from .precision import recorded_precision
     from .runtime import pick_device
 
     config = run.config()
@@ -382,8 +382,7 @@ def evaluate_dense_run(run: Run, split: str = "test", batch_size: int = 500, dev
     target = pick_device(device)
     dataset = load_canvas(split, canvas, data_root)
     result = evaluate_dense(run.model(map_location=target), dataset, batch_size, target,
-                            precision=precision or recorded_precision(
-                                config.get("train", {}), run.metrics() if run.is_finished() else None))
+                            precision=precision or run.evaluation_precision())
     if write and run.is_finished():  # an unfinished run has no metrics.json to add to (resume it first)
         metrics = run.metrics()
         metrics.update(_test_metrics(result, task, dataset, split))

@@ -198,6 +198,17 @@ class Run:
         """``config.json``: ``{"model", "train", "dataset", "command", ...}``."""
         return self._read_json(self.CONFIG)
 
+    def evaluation_precision(self) -> str:
+        """The precision to re-evaluate this run in (:func:`vitlab.precision.recorded_precision`: fp32 for a
+        run that computed in fp32), from its config and, when it finished and is readable, its metrics."""
+        from .precision import recorded_precision
+
+        try:
+            metrics = self.metrics() if self.is_finished() else {}
+        except RunError:  # unreadable metrics: the config alone decides
+            metrics = {}
+        return recorded_precision(self.config().get("train", {}), metrics)
+
     def metrics(self) -> dict[str, Any]:
         """``metrics.json``: test accuracy and everything else measured at the end of training."""
         return self._read_json(self.METRICS)

@@ -486,8 +486,9 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
     confusion = torch.zeros(classes, classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loader = BatchLoader(dataset, batch_size, device=device, rank=dist.rank, world_size=dist.world_size)
+    autocast = autocast_context(device, precision)  # resolved once, not per batch
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        with autocast_context(device, precision):
+        with autocast:
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         predictions = logits.argmax(dim=1)
