@@ -49,10 +49,10 @@ import torch
 from torch import nn
 
 import vitlab
-from vitlab.precision import autocast_context, fast_bf16, resolve_precision
-from vitlab.registry import create_model, get_model, model_names
-from vitlab.runs import count_flops
-from vitlab.train import TrainConfig, train_step
+from vitlab.core.precision import autocast_context, fast_bf16, resolve_precision
+from vitlab.engine.train import TrainConfig, train_step
+from vitlab.models.measure import count_flops
+from vitlab.models.registry import create_model, get_model, model_names
 
 #: The bench measures the bare step: no label smoothing, no gradient clipping (timm's models get the same).
 BENCH_RECIPE = TrainConfig(grad_clip=None)
@@ -112,8 +112,8 @@ def make_step(model: nn.Module, config: Any, task: str, batch: int, device: torc
         def train() -> None:
             train_step(model, images, labels, optimizer, BENCH_RECIPE, autocast)
     else:
-        from vitlab.dense import dense_step
-        from vitlab.detection import SetCriterion
+        from vitlab.engine.dense import dense_step
+        from vitlab.models.detection import SetCriterion
 
         masks = torch.randint(0, config.num_classes, (batch, size, size), generator=generator).to(device)
         corner = torch.rand(batch, 2, 2, generator=generator) * size / 2           # two objects per image

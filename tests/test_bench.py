@@ -4,29 +4,19 @@ reports what it ran (and refuses a machine without a GPU)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench import bench
+from tools import gpu_check
 
 from vitlab.registry import create_model, model_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load("bench/bench.py", "vitlab_bench")
-gpu_check = load("tools/gpu_check.py", "vitlab_gpu_check")
 
 
 def test_readme_bench_tables_are_generated_from_the_committed_results() -> None:

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import _require
-from helpers import halves_dataset
 from vitlab.checkpoint import load_model, save_json, save_weights
 from vitlab.cnn import CNN_ARCHITECTURES, CNNConfig
 from vitlab.explain import grad_cam, normalize_maps, upsample
@@ -57,7 +56,7 @@ def test_cnn_grad_cam_matches_pytorch_grad_cam():
     assert (ours - theirs).abs().max() < 1e-3
 
 
-def test_time_budget_planning():
+def test_time_budget_planning(halves_dataset):
     train = halves_dataset(256)
     model = create_model("vit_seed", num_classes=2)
     config = TrainConfig(epochs=50, batch_size=32)

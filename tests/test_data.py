@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 import vitlab.data
+import vitlab.data.datasets
 from conftest import skip_or_fail
 from vitlab.data import (
     DATASETS,
@@ -55,9 +56,9 @@ def cifar10_subset_available() -> None:
 def fresh_cache(tmp_path, monkeypatch) -> Iterator[Path]:
     """An empty decode cache in ``tmp_path`` and an empty in-process split cache (restored empty after)."""
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
-    vitlab.data._load_split.cache_clear()
+    vitlab.data.datasets._load_split.cache_clear()
     yield tmp_path / "cache"
-    vitlab.data._load_split.cache_clear()
+    vitlab.data.datasets._load_split.cache_clear()
 
 
 def _save_images(folder: Path, colors: list[tuple[int, int, int]], ext: str = "png", size: int = 32) -> None:
@@ -286,7 +287,7 @@ def test_cifar10_search_order_and_source(tmp_path, fresh_cache):
     assert only_png.source == f"cifar10-png at {tmp_path / 'cifar10-png'} (subset)"
     assert only_png.labels.tolist() == [0, 0, 9, 9]  # CIFAR-10's class indices, not the folders' order
     _toy_cifar_tree(tmp_path, "cifar10-jpg", "jpg")
-    vitlab.data._load_split.cache_clear()
+    vitlab.data.datasets._load_split.cache_clear()
     both = load_dataset("cifar10", "test", root=tmp_path)
     assert both.source == f"cifar10-jpg at {tmp_path / 'cifar10-jpg'} (full)" and both.name == "cifar10"
     assert load_dataset("cifar10-subset", "test", root=tmp_path).source == only_png.source
@@ -306,8 +307,8 @@ def test_second_load_reads_the_cache_file_instead_of_decoding(tmp_path, fresh_ca
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(vitlab.data, "_decode_images", no_decoding)
-    vitlab.data._load_split.cache_clear()  # as a new process would
+    monkeypatch.setattr(vitlab.data.datasets, "_decode_images", no_decoding)
+    vitlab.data.datasets._load_split.cache_clear()  # as a new process would
     second = load_dataset("cifar10", "test", root=tmp_path)
     assert torch.equal(second.images, first.images) and torch.equal(second.labels, first.labels)
     assert second.source == first.source and second.classes == first.classes

@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import require_module
-from helpers import folder_dataset
 from vitlab import pretrained as P
 from vitlab.cli import main
 from vitlab.configs import ConfigError
 from vitlab.deit import DeiT, DeiTConfig
-from vitlab.distill import DistillationLoss, hard_distillation_loss, make_criterion, soft_distillation_loss
+from vitlab.distill import DistillationLoss, LabelLoss, hard_distillation_loss, make_criterion, soft_distillation_loss
 from vitlab.explain import attention_maps, attention_rollout, class_token_attention, explanations
 from vitlab.model import ViT, ViTConfig
 from vitlab.runs import Run, train_run
@@ -154,16 +153,19 @@ def test_distillation_is_checked_before_training():
     with pytest.raises(ConfigError, match="distill_alpha"):
         TrainConfig(teacher="runs/x", distill="hard", distill_alpha=1.5)
     # A plain ViT without a teacher trains with plain cross-entropy; a DeiT always needs the two-head loss.
-    assert make_criterion(ViT(ViTConfig(**SMALL)), TrainConfig()) is None
+    plain = make_criterion(ViT(ViTConfig(**SMALL)), TrainConfig(label_smoothing=0.1))
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert isinstance(plain, LabelLoss) and plain.logits(logits) is logits
+    torch.testing.assert_close(plain(None, logits, labels), F.cross_entropy(logits, labels, label_smoothing=0.1))
     assert isinstance(make_criterion(DeiT(DeiTConfig(**SMALL)), TrainConfig()), DistillationLoss)
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
+def teacher_run(tmp_path_factory, folder_dataset):
     root = tmp_path_factory.mktemp("deit")
     data = folder_dataset(root / "images")
     run = train_run("simple_cnn", f"folder:{data}", root / "teacher", model_args={"image_size": 16, "in_channels": 3},
-                    seed=0, recipe={"epochs": 2, "batch_size": 8}, progress=False, verbose=False)
+                    seed=0, recipe={"epochs": 2, "batch_size": 8, "precision": "fp32"}, progress=False, verbose=False)
     return run, data
 
 
@@ -201,10 +203,12 @@ def test_the_report_gives_an_experiment_its_own_section_with_gains_and_the_teach
     teacher, data = teacher_run
     common = dict(model_args={"image_size": 16, "in_channels": 3}, progress=False, verbose=False,
                   experiment="distil-test")
+    # fp32 everywhere: on a machine where precision auto means bf16 the labels would say "(bf16)".
     runs = [train_run("vit_seed", f"folder:{data}", tmp_path / f"vit-s{seed}", seed=seed,
-                      recipe={"epochs": 1, "batch_size": 8}, **common) for seed in (0, 1)]
+                      recipe={"epochs": 1, "batch_size": 8, "precision": "fp32"}, **common) for seed in (0, 1)]
     runs.append(train_run("deit_cifar_small", f"folder:{data}", tmp_path / "deit-hard", seed=0,
-                          recipe={"epochs": 1, "batch_size": 8, "teacher": str(teacher.path), "distill": "hard"},
+                          recipe={"epochs": 1, "batch_size": 8, "teacher": str(teacher.path), "distill": "hard",
+                                  "precision": "fp32"},
                           **{**common, "model_args": {"image_size": 16}}))
     import shutil
 

@@ -396,8 +396,8 @@ def test_cli_trains_evaluates_and_refuses(mnist_available, tmp_path, monkeypatch
     for args, message in ((["explain", str(out), "--out", str(tmp_path / "m.png")], "predictions.png"),
                           (["train", "--task", "detect", "--model", "segmenter_linear_canvas", "--out",
                             str(tmp_path / "x")], "is a segment model"),
-                          (["train", "--task", "detect", "--time-budget", "60", "--out", str(tmp_path / "x")],
-                           "--time-budget is for classification"),
+                          (["train", "--task", "detect", "--subset", "60", "--out", str(tmp_path / "x")],
+                           "--subset is for classification"),
                           (["train", "--task", "detect", "--dataset", "cifar10", "--out", str(tmp_path / "x")],
                            "mnist-canvas"),
                           (["train", "--task", "segment", "--canvas-arg", "max_digits=0", "--out",
@@ -407,3 +407,10 @@ def test_cli_trains_evaluates_and_refuses(mnist_available, tmp_path, monkeypatch
         assert main(args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # A dense run fits a time budget like a classification run: the plan is printed and recorded.
+    budget = tmp_path / "budget"
+    assert main(["train", "--task", "segment", *small, "--batch-size", "32", "--time-budget", "5", "--out",
+                 str(budget), "--quiet"]) == 0
+    assert "time budget 5 s:" in capsys.readouterr().out
+    config, metrics = (json.loads((budget / f).read_text()) for f in ("config.json", "metrics.json"))
+    assert config["time_budget_s"] == 5 and metrics["time_budget_s"] == 5 and metrics["epochs"] == config["train"]["epochs"]

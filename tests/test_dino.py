@@ -16,7 +16,6 @@ from vitlab.dino import (
     DINOHead,
     DINOLoss,
     MultiCropWrapper,
-    backbone_features,
     cosine_schedule,
     ema_update,
     knn_classify,
@@ -58,16 +57,27 @@ def test_random_resized_crop_of_the_whole_image_is_the_image() -> None:
     torch.testing.assert_close(whole, images, atol=1e-5, rtol=0)
 
 
-def test_backbone_features_at_own_size_is_the_pooled_class_token() -> None:
+def test_a_vit_runs_at_another_size_only_when_asked() -> None:
+    """DINO's local crops: ``any_size=True`` resamples the position table; by default another size is an error."""
     backbone = create_model("vit_mnist", num_classes=0).eval()
     images = torch.randn(3, 1, 28, 28)
-    torch.testing.assert_close(backbone_features(backbone, images), backbone(images))
-    small = backbone_features(backbone, torch.randn(3, 1, 14, 14))  # 2x2 patches, interpolated positions
-    assert small.shape == (3, 64)
+    torch.testing.assert_close(backbone.pool(backbone.forward_features(images, any_size=True)), backbone(images))
+    small = torch.randn(3, 1, 14, 14)  # 2x2 patches, interpolated positions
+    features = backbone.pool(backbone.forward_features(small, any_size=True))
+    assert features.shape == (3, 64)
+    # By hand: the class token and the 2x2 patch tokens, plus the 4x4 table resampled to 2x2 (bicubic).
+    from vitlab.layers.patches import patchify
+    from vitlab.layers.positional import resample_position_table
+
+    tokens = backbone.cls_token(backbone.patch_embed.proj(patchify(small, 7)))
+    tokens = tokens + resample_position_table(backbone.pos_embed.table, 2)
+    for block in backbone.blocks:
+        tokens = block(tokens)
+    torch.testing.assert_close(features, backbone.norm(tokens)[:, 0])
+    with pytest.raises(ValueError, match="model expects 28x28"):
+        backbone(small)
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        backbone_features(backbone, torch.randn(3, 1, 10, 10))
-    with pytest.raises(TypeError, match="plain ViT"):
-        backbone_features(create_model("swin_mnist"), images)
+        backbone.forward_features(torch.randn(3, 1, 10, 10), any_size=True)
 
 
 def test_head_last_layer_is_weight_normalized() -> None:

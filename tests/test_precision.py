@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 import vitlab
-from helpers import halves_dataset
 from vitlab.attention import MultiHeadSelfAttention
 from vitlab.configs import ConfigError
 from vitlab.precision import (
@@ -142,7 +141,7 @@ def test_cpu_attention_runs_its_kernel_in_fp32_when_a_backward_follows(monkeypat
     assert attention_dtype(torch.zeros(1, requires_grad=True)) is None
 
 
-def test_bf16_training_keeps_fp32_weights_and_learns(amx) -> None:
+def test_bf16_training_keeps_fp32_weights_and_learns(halves_dataset, amx) -> None:
     """A bf16 run (``auto`` on a faked AMX CPU) trains with fp32 master weights and optimizer state, and
     learns the task as the fp32 run does."""
     amx(True)
@@ -163,7 +162,7 @@ def test_bf16_training_keeps_fp32_weights_and_learns(amx) -> None:
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile's CPU backend needs a C++ compiler")
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path) -> None:
+def test_compiled_training_matches_eager_and_saves_plain_weights(halves_dataset, tmp_path) -> None:
     """``compile=True`` trains through torch.compile (inductor): the same losses as eager to float
     rounding, and the run's weights are saved under the model's own names (no ``_orig_mod.`` prefix)."""
     data = halves_dataset(64)

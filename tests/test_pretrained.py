@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+import vitlab.models.convert
 from conftest import require_module
-from helpers import folder_dataset
 from vitlab import ViT, ViTConfig
 from vitlab import pretrained as P
 from vitlab.checkpoint import CheckpointError
@@ -265,7 +265,7 @@ def test_hub_names_offline_give_one_clear_error_quickly(tmp_path, monkeypatch):
     require_module("transformers")
     import huggingface_hub.constants
 
-    monkeypatch.setattr(P, "_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(vitlab.models.convert, "_reachable", lambda url, timeout=3.0: False)
     monkeypatch.setattr(urllib.request, "getproxies", lambda: {})  # behind a proxy the probe is skipped
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
 
@@ -293,7 +293,7 @@ def test_hub_names_offline_give_one_clear_error_quickly(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ fine-tuning runs
 @pytest.fixture(scope="module")
-def pretrained_run(tmp_path_factory):
+def pretrained_run(tmp_path_factory, folder_dataset):
     """A small ViT trained on a folder dataset: the checkpoint the fine-tuning tests start from."""
     root = tmp_path_factory.mktemp("transfer")
     data = folder_dataset(root / "images")
@@ -330,8 +330,8 @@ def test_fine_tuning_run_resumes_without_its_pretrained_source(pretrained_run, t
 
     original = Run.write_history
 
-    def interrupt_after_first_epoch(self, history):
-        original(self, history)
+    def interrupt_after_first_epoch(self, history, fields):
+        original(self, history, fields)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "write_history", interrupt_after_first_epoch)

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 import vitlab
-from helpers import folder_dataset, halves_dataset
 from vitlab.augment import Pipeline, get_augmentation
 from vitlab.configs import Config, ConfigError
 from vitlab.data import normalize
@@ -82,7 +81,7 @@ class _MLP(nn.Module):
         return self.head(self.body(images))
 
 
-def test_a_new_family_is_one_class_and_one_registration(tmp_path, monkeypatch):
+def test_a_new_family_is_one_class_and_one_registration(halves_dataset, tmp_path, monkeypatch):
     from vitlab import registry
 
     model_names()  # load the real families first; the test's family is dropped again afterwards
@@ -176,7 +175,7 @@ def test_run_files_missing_or_corrupt_are_clear_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
+def folder_run(tmp_path_factory, folder_dataset):
     """A real (small) train_run on a folder dataset, as a lesson would call it."""
     root = tmp_path_factory.mktemp("data")
     data = folder_dataset(root / "images")
@@ -215,7 +214,7 @@ def test_train_run_refuses_to_overwrite_and_resumes_a_finished_run(folder_run):
     after = again.metrics()
     assert after["test_accuracy"] == before["test_accuracy"] and after["confusion"] == before["confusion"]
     assert after["epochs"] == 2 and len(again.history()) == 2, "a finished run trains no further epoch"
-    with pytest.raises(RunError, match="settings differ"):
+    with pytest.raises(RunError, match="recipe differs"):
         train_run("vit_seed", f"folder:{data}", run.path, resume=True, **{**args, "recipe": {"epochs": 3,
                                                                                            "batch_size": 8}})
 

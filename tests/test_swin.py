@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import require_module
-from helpers import folder_dataset
 from vitlab import pretrained as P
 from vitlab.configs import ConfigError
 from vitlab.explain import explanations
@@ -226,7 +225,7 @@ def _with_ape(model):
     return model
 
 
-def test_swin_trains_through_the_engine_and_explains_itself_with_grad_cam(tmp_path):
+def test_swin_trains_through_the_engine_and_explains_itself_with_grad_cam(folder_dataset, tmp_path):
     data = folder_dataset(tmp_path / "data")
     run = train_run("swin_cifar", f"folder:{data}", tmp_path / "run", recipe={"epochs": 15, "batch_size": 16, "lr": 2e-3,
                                                                    "augment": "none", "warmup_epochs": 0.0,
@@ -246,7 +245,7 @@ def test_swin_trains_through_the_engine_and_explains_itself_with_grad_cam(tmp_pa
     assert F.softmax(model(images), -1).shape == (2, 2)
 
 
-def test_a_swin_run_fine_tunes_on_new_classes_with_layer_decay_but_keeps_its_resolution(tmp_path):
+def test_a_swin_run_fine_tunes_on_new_classes_with_layer_decay_but_keeps_its_resolution(folder_dataset, tmp_path):
     data = folder_dataset(tmp_path / "data")
     args = dict(model_args={"image_size": 16, "window_size": 4, "embed_dim": 16, "depths": [2, 1], "heads": [2, 4]},
                 progress=False, verbose=False)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import folder_dataset, halves_dataset
 from vitlab.checkpoint import CheckpointError, load_model, load_state, load_weights, save_json, save_weights
 from vitlab.model import create_model
 from vitlab.runs import Run, model_spec
@@ -24,7 +23,7 @@ def tiny_model(seed: int = 0):
     return create_model("vit_seed", num_classes=2)
 
 
-def test_fit_learns_and_writes_run_files(tmp_path):
+def test_fit_learns_and_writes_run_files(halves_dataset, tmp_path):
     train, val = halves_dataset(256, seed=0), halves_dataset(64, seed=1)
     model = tiny_model()
     history = fit(model, train, val, TINY, out_dir=tmp_path, progress=False)
@@ -37,7 +36,7 @@ def test_fit_learns_and_writes_run_files(tmp_path):
     assert not list(tmp_path.glob("*.tmp")), "temporary files must be renamed away"
 
 
-def test_same_seed_same_numbers():
+def test_same_seed_same_numbers(halves_dataset):
     train, val = halves_dataset(128), halves_dataset(32, seed=1)
     config = TrainConfig(epochs=2, batch_size=32, seed=7, augment="crop")
     runs = []
@@ -50,7 +49,7 @@ def test_same_seed_same_numbers():
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1].values(), runs[1][1].values()))
 
 
-def test_resume_after_interruption_reaches_the_same_result(tmp_path):
+def test_resume_after_interruption_reaches_the_same_result(halves_dataset, tmp_path):
     train, val = halves_dataset(128), halves_dataset(32, seed=1)
     config = TrainConfig(epochs=3, batch_size=32, seed=3, augment="crop", label_smoothing=0.1)
     straight = tiny_model(3)
@@ -72,7 +71,7 @@ def test_resume_after_interruption_reaches_the_same_result(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
-def test_resume_with_a_different_recipe_is_refused(tmp_path):
+def test_resume_with_a_different_recipe_is_refused(halves_dataset, tmp_path):
     train = halves_dataset(64)
     fit(tiny_model(), train, None, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="training config differs"):
@@ -105,7 +104,7 @@ def test_corrupt_weights_give_a_clear_error(tmp_path):
         load_model(run)
 
 
-def test_corrupt_training_state_gives_a_clear_error(tmp_path):
+def test_corrupt_training_state_gives_a_clear_error(halves_dataset, tmp_path):
     train = halves_dataset(64)
     fit(tiny_model(), train, None, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path, progress=False)
     path = tmp_path / "checkpoint.pt"
@@ -144,7 +143,7 @@ def test_mismatched_checkpoint_gives_a_clear_error(tmp_path):
         load_model(run)
 
 
-def test_evaluate_is_consistent():
+def test_evaluate_is_consistent(halves_dataset):
     dataset = halves_dataset(100, seed=4)
     result = evaluate(tiny_model().eval(), dataset, batch_size=32)
     confusion = torch.tensor(result["confusion"])
@@ -220,7 +219,7 @@ def test_cli_missing_dataset_is_one_clear_line(tmp_path):
     assert str(tmp_path / "MNIST" / "raw") in result.stderr
 
 
-def test_cli_interrupted_run_resumes_to_a_valid_run_folder(tmp_path):
+def test_cli_interrupted_run_resumes_to_a_valid_run_folder(folder_dataset, tmp_path):
     data = folder_dataset(tmp_path / "images")
     out = tmp_path / "run"
     args = ["train", "--model", "vit_seed", "--dataset", f"folder:{data}", "--model-arg", "image_size=16",
@@ -246,13 +245,15 @@ def test_cli_interrupted_run_resumes_to_a_valid_run_folder(tmp_path):
     assert len(Run(out).history()) == 30
 
 
-def test_distributed_two_processes_on_cpu(tmp_path):
+def test_distributed_two_processes_on_cpu(folder_dataset, tmp_path):
     """torchrun with the gloo backend: each process trains on its own shard, rank 0 writes the run."""
     data = folder_dataset(tmp_path / "images")
     out = tmp_path / "ddp"
+    # --device cpu: on a machine with one GPU both ranks would otherwise pick CUDA, and rank 1 cuda:1.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "vitlab", "train", "--model", "vit_seed", "--dataset", f"folder:{data}",
-               "--model-arg", "image_size=16", "--epochs", "2", "--batch-size", "8", "--out", str(out), "--quiet"]
+               "-m", "vitlab", "train", "--model", "vit_seed", "--dataset", f"folder:{data}", "--device", "cpu",
+               "--model-arg", "image_size=16", "--epochs", "2", "--batch-size", "8", "--augment", "crop",
+               "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -263,3 +264,6 @@ def test_distributed_two_processes_on_cpu(tmp_path):
     # 72 training images (80 minus the 10 % validation split), 2 processes x batch 8, drop_last:
     # 36 images per process -> 4 full batches -> 2 x 4 x 8 = 64 images per epoch across both.
     assert history[0]["train_samples"] == 64
+    # Every rank's random state is in the checkpoint (each resumes with its own: they were seeded seed + rank).
+    ranks = Run(out).load_state()["rng"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["cpu"], ranks[1]["cpu"])

@@ -31,7 +31,7 @@ from pathlib import Path
 import nbformat
 from nbconvert.preprocessors import ExecutePreprocessor
 
-from vitlab.runtime import quick_mode
+from vitlab.core.runtime import quick_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -115,26 +115,42 @@ def landing_page(template: str, lessons: list[tuple[Path, str, str]]) -> str:
     return template.replace(LESSONS_MARKER, "\n".join(blocks))
 
 
-def api_pages(stage: Path) -> list[str]:
-    """One page per public ``vitlab`` module (autodoc) and an index page ``api.md``; return the module names."""
-    modules = []
-    for source in sorted((ROOT / "src" / "vitlab").glob("*.py")):
-        if source.stem.startswith("_") and source.stem != "__init__":
+def module_names() -> list[tuple[str, Path]]:
+    """Every public module of the package, by its canonical (folder) name, with its source file: the package,
+    then each floor's package and its modules (``vitlab.layers``, ``vitlab.layers.patches``, ...)."""
+    package = ROOT / "src" / "vitlab"
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        parts = source.relative_to(package.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        elif parts[-1].startswith("_"):
             continue
-        name = "vitlab" if source.stem == "__init__" else f"vitlab.{source.stem}"
+        found.append((".".join(parts), source))
+    return sorted(found, key=lambda item: item[0])
+
+
+def api_pages(stage: Path) -> list[str]:
+    """One page per public ``vitlab`` module (autodoc) and an index page ``api.md``, by floor; return the
+    module names."""
+    modules = []
+    for name, source in module_names():
         docstring = ast.get_docstring(ast.parse(source.read_text())) or ""
-        modules.append((name, docstring.strip().split("\n\n")[0].replace("\n", " ")))
+        modules.append((name, docstring.strip().split("\n\n")[0].replace("\n", " "), source.name == "__init__.py"))
     (stage / "api").mkdir(parents=True, exist_ok=True)
-    for name, _ in modules:
-        # The package page only re-exports what the module pages document: not indexed a second time.
-        no_index = "   :no-index:\n" if name == "vitlab" else ""
+    for name, _, is_package in modules:
+        # A package page only re-exports what its module pages document: not indexed a second time.
+        no_index = "   :no-index:\n" if is_package else ""
         page = f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n{no_index}```\n"
         (stage / "api" / f"{name}.md").write_text(page)
-    listing = "\n".join(f"- [`{name}`](api/{name}.md): {summary}" for name, summary in modules)
+    listing = "\n".join(f"{'  ' * (name.count('.') > 1)}- [`{name}`](api/{name}.md): {summary}"
+                        for name, summary, _ in modules)
     (stage / "api.md").write_text(
-        "# API reference\n\nOne module per concept; each page is generated from the module's docstrings.\n\n"
-        f"{listing}\n\n" + toctree([f"api/{name}" for name, _ in modules]))
-    return [name for name, _ in modules]
+        "# API reference\n\nOne module per concept, in folders that are the package's floors (a module imports "
+        "only from its own folder and the floors below; `vitlab`'s page lists them). Each page is generated from "
+        "the module's docstrings.\n\n"
+        f"{listing}\n\n" + toctree([f"api/{name}" for name, _, _ in modules]))
+    return [name for name, _, _ in modules]
 
 
 def selected(path: Path, execute_spec: list[str]) -> bool:

@@ -42,7 +42,8 @@ def run_one(job: dict[str, Any]) -> tuple[str, float, float]:
     """One run (in its own process when the parent runs several at a time)."""
     import torch
 
-    from vitlab.runs import Run, train_run
+    from vitlab.engine.classify import train_run
+    from vitlab.runfolder import Run
 
     torch.set_num_threads(job["threads"])
     run = Run(job["out"])

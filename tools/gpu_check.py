@@ -90,7 +90,7 @@ def train_result(run: Path) -> dict[str, object]:
 
 
 def environment(device: torch.device) -> dict[str, object]:
-    from vitlab.precision import describe_precision
+    from vitlab.core.precision import describe_precision
 
     info: dict[str, object] = {"torch": torch.__version__, "python": sys.version.split()[0],
                                "date": datetime.datetime.now().isoformat(timespec="minutes"),

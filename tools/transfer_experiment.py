@@ -44,7 +44,8 @@ def run_one(job: dict[str, Any]) -> tuple[str, float, int]:
     """One run in its own process (the parent's jobs run in parallel)."""
     import torch
 
-    from vitlab.runs import Run, train_run
+    from vitlab.engine.classify import train_run
+    from vitlab.runfolder import Run
 
     torch.set_num_threads(job["threads"])
     run = Run(job["out"])

@@ -1,71 +1,121 @@
 """vitlab: a Vision Transformer built from scratch in PyTorch.
 
-The package behind the notebook course: one module per concept, all at ``vitlab.<concept>``,
-grouped here by role.
+The package behind the notebook course. Its folders are its floors; a module imports only from its own
+folder and the floors below (``tests/test_layering.py`` fails on any arrow back up)::
 
-The course's building blocks (lessons 01-05)
+    7  cli          python -m vitlab
+    6  engine/      training: recipe, train (steps, evaluate, fit), loop (epochs, checkpoints, DDP),
+                    budget (time budgets), driver (the one run driver), classify, dense, dino, distill
+    5  analysis/    explain (attention maps, rollout, Grad-CAM), plots, report
+    4  runfolder/   run (a run folder: Run, load_model), schema (RunConfig, RunMetrics)
+    3  data/        datasets (in memory, cached), augment, loader (BatchLoader), canvas (dense tasks)
+    2  models/      registry, vit, cnn, deit, swin, early_exit, segmentation, detection, losses, convert,
+                    measure; each family one module plus one line in the registry
+    1  layers/      patches, tokens, positional, attention, encoder (lessons 01-04)
+    0  core/        configs, runtime (device, seed), precision, io (atomic files, safetensors)
 
-* :mod:`vitlab.patches`    patchify / unpatchify, :class:`PatchEmbedding`, the input check
-* :mod:`vitlab.tokens`     the class token
-* :mod:`vitlab.positional` sinusoidal and learned positional encodings
-* :mod:`vitlab.attention`  multi-head self-attention
-* :mod:`vitlab.encoder`    the transformer encoder block
-
-Model families (one module each, registered in :mod:`vitlab.registry`)
-
-* :mod:`vitlab.model`      :class:`ViT`, :class:`ViTConfig`, the ViT presets
-* :mod:`vitlab.cnn`        CNN baselines: ResNet-18, VGG-11-BN, a small CNN
-* :mod:`vitlab.deit`       DeiT: a ViT with a distillation token (lesson 13)
-* :mod:`vitlab.swin`       Swin Transformer: shifted windows, a pyramid (lesson 14)
-* :mod:`vitlab.early_exit` a ViT with early exits (lesson 15)
-* :mod:`vitlab.segmentation` Segmenter: linear and mask-transformer decoders, mIoU (lesson 16)
-* :mod:`vitlab.detection`  YOLOS: detection tokens, Hungarian matching, DETR's set loss, mAP (lesson 16)
-
-Beyond one training run
-
-* :mod:`vitlab.pretrained` timm, torchvision and Hugging Face ViTs converted; ``adapt`` to a new task (lesson 12)
-* :mod:`vitlab.distill`    knowledge distillation losses (lesson 13)
-* :mod:`vitlab.dino`       DINO self-supervised pretraining, k-NN and linear probes (lesson 15)
-* :mod:`vitlab.canvas`     MNIST canvases: masks and boxes from real digits (lesson 16)
-* :mod:`vitlab.dense`      training and evaluating segmentation and detection run folders (lesson 16)
-
-The engine
-
-* :mod:`vitlab.configs`    strict config dataclasses (``from_dict``, ``Literal`` checks)
-* :mod:`vitlab.registry`   model name -> family, config, model class, tuned recipe
-* :mod:`vitlab.data`       in-memory datasets (decoded once, cached) and batch loading
-* :mod:`vitlab.augment`    batch augmentations
-* :mod:`vitlab.train`      ``train_step``, ``train_one_epoch``, ``evaluate``, ``fit``
-* :mod:`vitlab.runs`       a run folder (:class:`Run`) and the experiment driver :func:`train_run`
-* :mod:`vitlab.checkpoint` safe, atomic saving and loading
-* :mod:`vitlab.runtime`    device choice, seeding, quick mode
-
-Looking at results
-
-* :mod:`vitlab.explain`    attention maps, rollout, Grad-CAM
-* :mod:`vitlab.plots`      figures
-* :mod:`vitlab.report`     the results report
-* :mod:`vitlab.cli`        ``python -m vitlab``
+The canonical name of every module is its folder path, e.g. :mod:`vitlab.layers.patches` or
+:mod:`vitlab.engine.train`. The flat names the lessons and earlier versions use (:data:`FLAT_NAMES`:
+``vitlab.patches``, ``vitlab.model``, ``vitlab.train``, ``vitlab.runs`` ...) keep working: each is the
+canonical module itself (``vitlab.patches is vitlab.layers.patches``), or, where a flat module's names
+now live on two floors, a module re-exporting both.
 """
 
 from __future__ import annotations
 
-from .attention import MultiHeadSelfAttention, scaled_dot_product_attention
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from collections.abc import Sequence
+
+from .core.runtime import pick_device, quick_mode, seed_everything
 from .data import DatasetNotFoundError, load_dataset
-from .encoder import EncoderBlock
-from .model import PRESETS, ViT, ViTConfig, count_parameters
-from .patches import PatchEmbedding, patchify, unpatchify
-from .positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding, sinusoidal_positions
-from .registry import create_model, model_names
-from .runs import Run, train_run
-from .runtime import pick_device, quick_mode, seed_everything
-from .tokens import ClassToken
+from .engine.classify import train_run
+from .layers.attention import MultiHeadSelfAttention, scaled_dot_product_attention
+from .layers.encoder import EncoderBlock
+from .layers.patches import PatchEmbedding, patchify, unpatchify
+from .layers.positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding, sinusoidal_positions
+from .layers.tokens import ClassToken
+from .models.measure import count_parameters
+from .models.registry import create_model, model_names
+from .models.vit import PRESETS, ViT, ViTConfig
+from .runfolder import Run
 
 __version__ = "0.1.0"
 
+#: The package's floors, lowest first: a module may import from its own folder and from the folders before
+#: its own in this list, never from a later one (``cli`` sits above them all).
+FLOORS: tuple[str, ...] = ("core", "layers", "models", "data", "runfolder", "analysis", "engine")
+
+#: Flat module names -> the canonical modules that now hold their names (several: a re-exporting module,
+#: whose names are taken from each in turn; ``{"name": "module:attr"}`` entries rename one).
+FLAT_NAMES: dict[str, tuple[str | dict[str, str], ...]] = {
+    "configs": ("core.configs",), "runtime": ("core.runtime",), "precision": ("core.precision",),
+    "checkpoint": ("core.io", {"load_model": "runfolder.run:load_model"}),
+    "patches": ("layers.patches",), "tokens": ("layers.tokens",), "positional": ("layers.positional",),
+    "attention": ("layers.attention",), "encoder": ("layers.encoder",),
+    "registry": ("models.registry",), "model": ("models.vit",), "cnn": ("models.cnn",), "deit": ("models.deit",),
+    "swin": ("models.swin",), "early_exit": ("models.early_exit",), "segmentation": ("models.segmentation",),
+    "detection": ("models.detection",),
+    "pretrained": ("models.convert", {"load": "runfolder.run:load_model"}),
+    "distill": ("models.losses", "engine.distill"),
+    "augment": ("data.augment",), "canvas": ("data.canvas",),
+    "runs": ("runfolder.run", "models.measure", "engine.classify",
+             {"HISTORY_FIELDS": "engine.train:CLASSIFY_HISTORY_FIELDS"}),
+    "explain": ("analysis.explain",), "plots": ("analysis.plots",), "report": ("analysis.report",),
+    "train": ("engine.train",), "dense": ("engine.dense",), "dino": ("engine.dino",),
+}
+
+
+def _flat_module(flat: str, sources: Sequence[str | dict[str, str]]) -> types.ModuleType:
+    """The module a flat name stands for: the canonical module itself, or one re-exporting several."""
+    modules = [importlib.import_module(f"{__name__}.{s}") for s in sources if isinstance(s, str)]
+    if len(sources) == 1:
+        return modules[0]
+    module = types.ModuleType(f"{__name__}.{flat}", f"Flat name kept for the lessons: the names of "
+                              f"{', '.join(m.__name__ for m in modules)}.")
+    for source in modules:
+        for name in getattr(source, "__all__", [n for n in vars(source) if not n.startswith("_")]):
+            setattr(module, name, getattr(source, name))
+    for renames in (s for s in sources if isinstance(s, dict)):
+        for name, target in renames.items():
+            path, attr = target.split(":")
+            setattr(module, name, getattr(importlib.import_module(f"{__name__}.{path}"), attr))
+    module.__all__ = [n for n in vars(module) if not n.startswith("_")]
+    return module
+
+
+class _FlatNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook for :data:`FLAT_NAMES`: ``import vitlab.patches`` gives :mod:`vitlab.layers.patches`."""
+
+    def find_spec(self, fullname: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+        package, _, flat = fullname.rpartition(".")
+        if package != __name__ or flat not in FLAT_NAMES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        flat = spec.name.rpartition(".")[2]
+        module = _flat_module(flat, FLAT_NAMES[flat])
+        self._own_spec = getattr(module, "__spec__", None)  # importlib replaces it with the flat name's spec
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing to run (:meth:`create_module` built or found the module); a canonical module keeps its spec."""
+        if self._own_spec is not None and self._own_spec.name != module.__spec__.name:
+            module.__spec__ = self._own_spec
+
+
+if not any(isinstance(finder, _FlatNames) for finder in sys.meta_path):
+    sys.meta_path.append(_FlatNames())
+
 __all__ = [
-    "ClassToken", "DatasetNotFoundError", "EncoderBlock", "LearnedPositionalEncoding", "MultiHeadSelfAttention",
-    "PRESETS", "PatchEmbedding", "SinusoidalPositionalEncoding", "ViT", "ViTConfig", "count_parameters",
-    "Run", "create_model", "load_dataset", "model_names", "patchify", "pick_device", "quick_mode",
-    "scaled_dot_product_attention", "seed_everything", "sinusoidal_positions", "train_run", "unpatchify",
+    "ClassToken", "DatasetNotFoundError", "EncoderBlock", "FLAT_NAMES", "FLOORS", "LearnedPositionalEncoding",
+    "MultiHeadSelfAttention", "PRESETS", "PatchEmbedding", "SinusoidalPositionalEncoding", "ViT", "ViTConfig",
+    "count_parameters", "Run", "create_model", "load_dataset", "model_names", "patchify", "pick_device",
+    "quick_mode", "scaled_dot_product_attention", "seed_everything", "sinusoidal_positions", "train_run",
+    "unpatchify",
 ]

@@ -1,16 +1,20 @@
 """Command line: ``python -m vitlab {train,pretrain,evaluate,explain,report,download}`` (also the ``vitlab`` script).
 
 Modelled on torchvision's reference scripts: every knob is an explicit flag. This module only
-parses arguments and calls the library: ``train`` is :func:`vitlab.runs.train_run`, which writes a
-self-describing run folder (see :mod:`vitlab.runs`); ``evaluate`` and ``explain`` read one back
-through :class:`vitlab.runs.Run`. The training-recipe flags are generated from the fields of
-:class:`vitlab.train.TrainConfig`, and ``--model`` takes the names in :mod:`vitlab.registry`.
+parses arguments and calls the library: ``train`` is :func:`vitlab.engine.classify.train_run` (or, for
+``--task segment|detect``, :func:`vitlab.engine.dense.dense_run`) and ``pretrain`` is
+:func:`vitlab.engine.dino.pretrain`, all three through the one run driver
+(:func:`vitlab.engine.driver.drive`), which writes a self-describing run folder; ``evaluate`` and
+``explain`` read one back through :class:`vitlab.runfolder.Run`. The recipe flags are generated from the
+fields of :class:`~vitlab.engine.recipe.TrainConfig` and :class:`~vitlab.engine.dino.DinoConfig`, and
+``--model`` takes the names in :mod:`vitlab.models.registry`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -18,14 +22,32 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import torch
+
+from .analysis.explain import explanations
+from .analysis.plots import plot_explanations
+from .analysis.report import build_report
+from .core.configs import literal_choices
+from .core.io import CheckpointError, atomic_write
+from .core.runtime import pick_device
+from .data.augment import AUGMENTATIONS
+from .data.canvas import CanvasConfig
+from .data.datasets import DatasetNotFoundError, data_root, load_dataset
+from .engine.classify import train_run
+from .engine.dense import dense_run, evaluate_dense_run
+from .engine.dino import DinoConfig, pretrain
+from .engine.loop import leave_process_group
+from .engine.recipe import TrainConfig
+from .engine.train import evaluate
+from .models.registry import describe_models, get_model, model_names
+from .runfolder.run import Run
 
 __all__ = ["main", "build_parser"]
 
 
 def _parse_value(text: str) -> Any:
-    import json
-
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -55,9 +77,6 @@ def _add_config_flags(group: argparse._ArgumentGroup, config_class: type, unset:
     """One flag per field of a config dataclass (``lr`` -> ``--lr``; ``seed`` is a top-level flag), with
     the help text in the field's metadata. Every flag defaults to "unset" (``None``), so the recipe
     ``unset`` names applies; ``tuple[float, float]`` fields take two numbers."""
-    from .augment import AUGMENTATIONS
-    from .configs import literal_choices
-
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
         if field.name == "seed":
@@ -88,10 +107,6 @@ def _config_overrides(args: argparse.Namespace, config_class: type) -> dict[str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .dino import DinoConfig
-    from .registry import describe_models, model_names
-    from .train import TrainConfig
-
     parser = argparse.ArgumentParser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -208,27 +223,13 @@ def _print_table(metrics: dict[str, Any], classes: Sequence[str]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runs import train_run
-    from .train import TrainConfig, leave_process_group
-
     task = _task(args)
-    if task != "classify":
-        return _train_dense(args, task)
-    if args.canvas_arg:
-        raise ValueError("--canvas-arg is for --task segment|detect")
-    args.dataset = args.dataset or "mnist"
-    if args.val_size < 0:
-        raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
     finished = False
     try:
-        model = args.model if args.model is not None or args.init is not None else "vit_mnist"
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-        train_run(model, args.dataset, args.out, recipe=_config_overrides(args, TrainConfig),
-                  model_args=_model_overrides(args.model_arg), seed=args.seed, data_root=args.data_root,
-                  val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
-                  test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
-                  time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
-                  experiment=args.experiment)
+        if task == "classify":
+            _train_classifier(args)
+        else:
+            _train_dense(args, task)
         finished = True
     except KeyboardInterrupt:
         # Under torchrun every process gets the signal: say it once.
@@ -239,10 +240,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_classifier(args: argparse.Namespace) -> None:
+    if args.canvas_arg:
+        raise ValueError("--canvas-arg is for --task segment|detect")
+    args.dataset = args.dataset or "mnist"
+    if args.val_size < 0:
+        raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
+    model = args.model if args.model is not None or args.init is not None else "vit_mnist"
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    train_run(model, args.dataset, args.out, recipe=_config_overrides(args, TrainConfig),
+              model_args=_model_overrides(args.model_arg), seed=args.seed, data_root=args.data_root,
+              val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
+              test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
+              time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
+              experiment=args.experiment)
+
+
 def _task(args: argparse.Namespace) -> str:
     """--task, or the task of --model when it is a dense model; refuses a model of another task."""
-    from .registry import get_model
-
     model_task = get_model(args.model).task if args.model else None
     task = args.task or model_task or ("segment" if args.dataset == "mnist-canvas" else "classify")
     if model_task is not None and model_task != task:
@@ -259,14 +274,10 @@ def _interrupted(out: str) -> int:
     return 130
 
 
-def _train_dense(args: argparse.Namespace, task: str) -> int:
-    from .canvas import CanvasConfig
-    from .dense import dense_run
-    from .train import TrainConfig
-
+def _train_dense(args: argparse.Namespace, task: str) -> None:
     if args.dataset not in (None, "mnist-canvas"):
         raise ValueError(f"--task {task} trains on the MNIST canvases (--dataset mnist-canvas), not {args.dataset}")
-    for flag, value, default in (("--time-budget", args.time_budget, None), ("--classes", args.classes, None),
+    for flag, value, default in (("--classes", args.classes, None),
                                  ("--subset", args.subset, None), ("--test-subset", args.test_subset, None),
                                  ("--image-size", args.image_size, None), ("--val-size", args.val_size, 0.1)):
         if value != default:
@@ -275,19 +286,13 @@ def _train_dense(args: argparse.Namespace, task: str) -> int:
     # The canvases have their own seed (--canvas-arg seed=N): runs with different --seed are scored on
     # the same test canvases, as classification runs are on the same test images.
     canvas = CanvasConfig.from_dict(_model_overrides(args.canvas_arg, "--canvas-arg"))
-    try:
-        dense_run(task, args.model, args.out, recipe=_config_overrides(args, TrainConfig),
-                  model_args=_model_overrides(args.model_arg), canvas=canvas, init=args.init, seed=args.seed,
-                  data_root=args.data_root, resume=args.resume, device=args.device, progress=not args.quiet,
-                  experiment=args.experiment)
-    except KeyboardInterrupt:
-        return _interrupted(args.out)
-    return 0
+    dense_run(task, args.model, args.out, recipe=_config_overrides(args, TrainConfig),
+              model_args=_model_overrides(args.model_arg), canvas=canvas, init=args.init, seed=args.seed,
+              data_root=args.data_root, resume=args.resume, time_budget=args.time_budget, device=args.device,
+              progress=not args.quiet, experiment=args.experiment)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .dino import DinoConfig, pretrain
-
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
     overrides = {k: v for k, v in _config_overrides(args, DinoConfig).items() if v is not None}
@@ -296,24 +301,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         pretrain(args.model, args.dataset, args.out, config, model_args=_model_overrides(args.model_arg),
                  data_root=args.data_root, subset=args.subset,
                  val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, time_budget=args.time_budget,
-                 resume=args.resume, device=args.device, progress=not args.quiet, experiment=args.experiment)
+                 resume=args.resume, device=args.device, progress=not args.quiet, experiment=args.experiment,
+                 method=args.method)
     except KeyboardInterrupt:
         return _interrupted(args.out)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .runs import Run
-    from .runtime import pick_device
-    from .train import evaluate
-
     run = Run(args.run)
-    if run.config().get("task") in ("segment", "detect"):
+    record = run.record()
+    if record.task in ("segment", "detect"):
         return _evaluate_dense(args, run)
-    if run.config().get("method") == "dino" or run.config().get("model", {}).get("config", {}).get("num_classes") == 0:
-        raise ValueError(f"{run.path} holds a feature extractor (a {run.config().get('method', 'headless')} backbone "
-                         "without a classifier): its k-NN and linear-probe accuracies are in its metrics.json; to "
-                         f"classify, fine-tune it first: vitlab train --init {run.path} --dataset ...")
+    if record.is_feature_extractor:
+        kind = f"a {record.method} backbone" if record.method != "supervised" else "a backbone"
+        raise ValueError(f"{run.path} holds a feature extractor ({kind} without a classifier): its k-NN and "
+                         "linear-probe accuracies are in its metrics.json; to classify, fine-tune it first: "
+                         f"vitlab train --init {run.path} --dataset ...")
     model = run.model(map_location=pick_device(args.device))
     dataset = run.dataset(args.split, name=args.dataset, root=args.data_root, subset=args.subset)
     started = time.perf_counter()
@@ -333,8 +337,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:
-    from .dense import evaluate_dense_run
-
     config = run.config()
     if args.dataset not in (None, "mnist-canvas") or args.subset is not None:
         raise ValueError(f"{run.path} is a {config['task']} run: it is evaluated on its own canvases "
@@ -368,13 +370,6 @@ def _evaluate_dense(args: argparse.Namespace, run: Any) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import matplotlib.pyplot as plt
-
-    from .checkpoint import atomic_write
-    from .explain import explanations
-    from .plots import plot_explanations
-    from .runs import Run
-
     run = Run(args.run)
     if run.config().get("task") in ("segment", "detect"):
         raise ValueError(f"{run.path} is a {run.config()['task']} run: explain draws classification maps; its "
@@ -403,16 +398,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
-
     path = build_report(args.runs, args.out, args.title)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .data import data_root, load_dataset
-
     for split in ("train", "test"):
         dataset = load_dataset(args.dataset, "train+val" if split == "train" else "test", root=args.root, download=True)
         print(f"{args.dataset} {split}: {len(dataset):,} images in {data_root(args.root)}")
@@ -420,11 +411,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import matplotlib
-
-    from .checkpoint import CheckpointError
-    from .data import DatasetNotFoundError
-
     matplotlib.use("Agg")  # figures go to files; never open a window
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "explain": cmd_explain,

@@ -1,0 +1,2 @@
+"""Floor 0, the core: strict configs, the device and seed, the float precision, and safe files. Imports nothing
+of vitlab."""
