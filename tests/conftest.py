@@ -10,6 +10,7 @@ On a user's machine without the data they are skipped with the reason; in CI
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +70,7 @@ def require_module(name: str):
     """Import an optional library the tests need (timm, transformers: the ``pretrained`` extra that
     ``make test`` installs). Missing: skipped on a user's machine, an error in CI."""
     try:
-        return __import__(name)
+        return importlib.import_module(name)
     except ImportError:
         message = f"{name} is not installed (pip install 'vitlab[pretrained]')"
         if os.environ.get("CI"):

@@ -27,6 +27,7 @@ from vitlab.detection import (
 )
 from vitlab.model import ViT, ViTConfig
 from vitlab.runs import Run, RunError
+from vitlab.runtime import pick_device
 from vitlab.segmentation import SegmentationMetrics, Segmenter, segmentation_loss
 
 TINY = dict(canvas_size=28, min_digit_size=8, max_digit_size=14, train_size=96, val_size=16, test_size=16)
@@ -309,7 +310,8 @@ def test_dense_runs_train_resume_evaluate_and_start_from_a_classifier(mnist_avai
     metrics = run.metrics()
     assert metrics["task"] == "segment" and 0 <= metrics["test_miou"] <= 1 and len(metrics["per_class_iou"]) == 11
     assert (out / "predictions.png").stat().st_size > 1000 and len(run.history()) == 1
-    again = evaluate_dense(run.model(), load_canvas("test", canvas), 8)
+    again = evaluate_dense(run.model(map_location=pick_device()), load_canvas("test", canvas), 8,
+                           precision=run.evaluation_precision())  # like with like: its device and precision
     assert again["miou"] == pytest.approx(metrics["test_miou"])
     # Detection from the shipped MNIST classifier: its blocks are copied, its position table resampled.
     vit = Run(shipped_run("vit_mnist")).model()

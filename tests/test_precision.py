@@ -103,10 +103,12 @@ def test_runs_recorded_with_amp_read_as_a_precision() -> None:
     # Evaluation: a run that computed in fp32 stays fp32 on every machine; a bf16 run gets auto.
     assert recorded_precision({"amp": False}, {"device": "cuda (H200)"}) == "fp32"
     assert recorded_precision({"amp": True}, {"device": "cpu (2 cores)"}) == "fp32"
-    assert recorded_precision({"amp": True}, {"device": "cuda (NVIDIA H200)"}) == "auto"
+    assert recorded_precision({"amp": True}, {"device": "cuda (NVIDIA H200)"}) == "bf16"
     assert recorded_precision({"precision": "auto"}, {"precision": "fp32 (auto: CPU without AMX)"}) == "fp32"
-    assert recorded_precision({"precision": "auto"}, {"precision": "bf16 (auto: CPU with AMX)"}) == "auto"
-    assert recorded_precision({"precision": "fp32"}) == "fp32" and recorded_precision({"precision": "bf16"}) == "auto"
+    # A bf16 run is re-scored in bf16 wherever it is re-scored (like with like), not in what auto picks here.
+    assert recorded_precision({"precision": "auto"}, {"precision": "bf16 (auto: CPU with AMX)"}) == "bf16"
+    assert recorded_precision({"precision": "fp32"}) == "fp32" and recorded_precision({"precision": "bf16"}) == "bf16"
+    assert recorded_precision({"precision": "auto"}) == "auto"  # not finished: nothing recorded yet
     with pytest.raises(ConfigError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"amp": True, "precision": "fp32"})  # both: one of them is a mistake
 

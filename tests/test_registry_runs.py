@@ -196,7 +196,10 @@ def test_train_run_writes_a_complete_run(folder_run):
     # The run reloads its own test split and scores what it recorded.
     test_set = run.dataset("test")
     assert len(test_set) == 20 and test_set.image_shape == (1, 16, 16)
-    assert vitlab.train.evaluate(model, test_set)["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    # Re-scored like with like: on the device it trained on (the default), in the precision it recorded.
+    rescored = vitlab.train.evaluate(run.model(map_location=vitlab.pick_device()), test_set,
+                                     precision=run.evaluation_precision())
+    assert rescored["accuracy"] == pytest.approx(metrics["test_accuracy"])
     for name in ("curves.png", "confusion.png", "model.safetensors", "checkpoint.pt"):
         assert (run.path / name).is_file()
 

@@ -105,7 +105,7 @@ def test_shipped_exit_model_reproduces_its_accuracy_and_exit_curve():
     assert run.config()["train"]["distill"] == "self" and run.config()["experiment"] == "exits"
     model, test_set = run.model(), run.dataset("test")
     recorded = {row["threshold"]: row for row in run.metrics()["exit_curve"]}
-    for row in exit_curve(model, test_set, [0.9, 0.99, 1.0]):
+    for row in exit_curve(model, test_set, [0.9, 0.99, 1.0], precision=run.evaluation_precision()):
         assert abs(row["accuracy"] - recorded[row["threshold"]]["accuracy"]) <= 0.0005, row
         assert abs(row["mean_blocks"] - recorded[row["threshold"]]["mean_blocks"]) <= 0.01, row
     assert abs(recorded[1.0]["accuracy"] - run.metrics()["test_accuracy"]) <= 1e-6  # float32 mean vs float64 count

@@ -122,16 +122,18 @@ def describe_precision(precision: str, device: torch.device | str) -> str:
 
 
 def recorded_precision(train_config: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
-    """The precision to evaluate a recorded run in: ``fp32`` for a run that computed in fp32, else ``auto``
-    (bf16 where this device has fast bf16, fp32 elsewhere), so a model trained in fp32 is never scored
-    in bf16 on another machine. Read from ``metrics.json``'s resolved ``precision`` when there is one,
-    else from ``config.json``'s ``train`` section; runs recorded before ``precision`` existed say
-    ``amp``, which meant bf16 on CUDA and fp32 on CPUs (their ``metrics.json`` names the device)."""
+    """The precision a recorded run computed in, ``fp32`` or ``bf16``: the precision to re-score it in, so
+    that every number of one run is measured alike (a model trained in fp32 is never scored in bf16 on an
+    AMX machine, nor a bf16 GPU run in fp32 on a CPU: there bf16 is emulated, slower but the same
+    arithmetic). Read from ``metrics.json``'s resolved ``precision`` when there is one, else from
+    ``config.json``'s ``train`` section (``auto`` without metrics: ``auto``, decided by this device); runs
+    recorded before ``precision`` existed say ``amp``, which meant bf16 on CUDA and fp32 on CPUs (their
+    ``metrics.json`` names the device)."""
     metrics = metrics or {}
     if metrics.get("precision"):  # e.g. "fp32 (auto: CPU without AMX)"
-        return "fp32" if str(metrics["precision"]).startswith("fp32") else "auto"
+        return "fp32" if str(metrics["precision"]).startswith("fp32") else "bf16"
     if "precision" in train_config:
-        return "fp32" if train_config["precision"] == "fp32" else "auto"
+        return train_config["precision"]
     if train_config.get("amp") is False:
         return "fp32"
-    return "auto" if str(metrics.get("device", "")).startswith("cuda") else "fp32"
+    return "bf16" if str(metrics.get("device", "")).startswith("cuda") else "fp32"

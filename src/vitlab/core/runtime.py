@@ -21,6 +21,9 @@ def pick_device(prefer: str | None = None) -> torch.device:
         chosen = torch.device(prefer)
         if chosen.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} requested but CUDA is not available on this machine")
+        if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {prefer!r} requested but this machine has {torch.cuda.device_count()} GPU(s): "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"device {prefer!r} requested but MPS is not available on this machine")
         return chosen

@@ -46,11 +46,15 @@ def random_affine(images: Tensor, degrees: float = 10.0, translate: float = 0.1,
 def random_crop(images: Tensor, padding: int = 4, fill: float | None = None) -> Tensor:
     """Pad by ``padding`` on every side, then crop back at a random offset per image.
 
-    ``(N, C, H, W) -> (N, C, H, W)``; padding uses ``fill`` (default: the batch minimum).
+    ``(N, C, H, W) -> (N, C, H, W)``; padding uses ``fill`` (default: the batch minimum, kept a tensor so that a
+    GPU batch is never waited for: ``float(images.amin())`` would stop the host for the device every batch).
     """
     n, c, h, w = images.shape
-    background = float(images.amin()) if fill is None else fill
-    padded = F.pad(images, (padding,) * 4, value=background)
+    padded = F.pad(images, (padding,) * 4)
+    border = torch.ones(h + 2 * padding, w + 2 * padding, dtype=torch.bool, device=images.device)
+    border[padding:padding + h, padding:padding + w] = False
+    background = images.amin() if fill is None else torch.as_tensor(fill, dtype=images.dtype, device=images.device)
+    padded = torch.where(border, background, padded)
     dy = torch.randint(0, 2 * padding + 1, (n,), device=images.device)
     dx = torch.randint(0, 2 * padding + 1, (n,), device=images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device)[None])            # (N, H)

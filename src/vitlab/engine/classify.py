@@ -161,7 +161,7 @@ class ClassifyTask(Task):
                    "final_val_accuracy": history[-1].get("val_accuracy") if history else None}
         report = getattr(self.net, "test_report", None)  # a model's own measurements, e.g. early exits' curve
         if report is not None and dist.is_main:
-            metrics.update(report(self.test_set))
+            metrics.update(report(self.test_set, precision=self.config.precision))
         return metrics
 
     def figures(self, run: Run, trainer: Trainer, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:

@@ -110,14 +110,16 @@ def check_time_budget(time_budget: float | None) -> None:
         raise ValueError("--time-budget measures one process; under torchrun pass --epochs instead")
 
 
-def _plan(task: Task, saved: RunConfig | None, time_budget: float, device: torch.device, verbose: bool) -> None:
+def _plan(task: Task, saved: RunConfig | None, time_budget: float, device: torch.device,
+          verbose: bool) -> BudgetPlan | None:
     if saved is not None:  # a resumed run keeps the plan it was started with
         task.restore_plan(saved)
-        return
+        return None
     plan = task.plan_budget(time_budget, device)
     task.apply_plan(plan)
     if verbose:
         print(f"time budget {time_budget:.0f} s: {plan.describe()}", flush=True)
+    return plan
 
 
 def _check_resume(run: Run, saved: RunConfig, record: RunConfig, task: Task) -> None:
@@ -178,9 +180,11 @@ def drive(task: Task, out: str | os.PathLike[str], *, resume: bool = False, time
     device = dist.place(pick_device(None if device is None else str(device)))
     saved = run.record() if resume and run.exists() else None
     task.prepare(device, run if resume else None)
-    if time_budget is not None:
-        _plan(task, saved, time_budget, device, verbose)
-    record = dataclasses.replace(task.record(), experiment=experiment, time_budget_s=time_budget, command=command)
+    plan = _plan(task, saved, time_budget, device, verbose) if time_budget is not None else None
+    # The plan's measurements are kept (a plan made while the machine was busy shows in its step time).
+    measured = dataclasses.asdict(plan) if plan is not None else saved.budget_plan if saved is not None else None
+    record = dataclasses.replace(task.record(), experiment=experiment, time_budget_s=time_budget, command=command,
+                                 budget_plan=measured)
     if saved is not None:
         _check_resume(run, saved, record, task)
     if dist.is_main:

@@ -191,7 +191,10 @@ class SetCriterion(nn.Module):
         token_idx = torch.cat([rows for rows, _ in matches]).to(device)
         target_classes[image_idx, token_idx] = torch.cat(
             [t["labels"].to(device)[cols.to(device)] for t, (_, cols) in zip(targets, matches)]).long()
-        loss_class = F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weight)
+        # (N*Q, K+1) rows: cross_entropy on (N, K+1, Q) runs nll_loss2d, whose class-weighted reduction is
+        # nondeterministic on CUDA (atomic adds); the rows give the same weighted mean deterministically.
+        loss_class = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_classes.reshape(-1),
+                                     self.class_weight)
         matched = boxes[image_idx, token_idx]                                               # (n, 4)
         wanted = torch.cat([t["boxes"].to(device)[cols.to(device)] for t, (_, cols) in zip(targets, matches)]).float()
         num_boxes = max(sum(len(t["labels"]) for t in targets), 1)  # DETR: every object, matched or not

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.configs import ConfigError
+from ..core.precision import autocast_context
 from .losses import Criterion, soft_distillation_loss
 from .registry import get_model, register_model
 from .vit import PRESETS, ViT, ViTConfig, zero_head
@@ -172,9 +173,10 @@ class ExitViT(ViT):
         return ExitLoss(self.config.head_depths, "self" if kind == "self" else "none", alpha, temperature,
                         label_smoothing)
 
-    def test_report(self, dataset: LabelledImages) -> dict[str, Any]:
-        """What a trained run records beyond accuracy: the accuracy-compute curve (:func:`exit_report`)."""
-        return {"exit_curve": exit_report(self, dataset)}
+    def test_report(self, dataset: LabelledImages, precision: str = "auto") -> dict[str, Any]:
+        """What a trained run records beyond accuracy: the accuracy-compute curve (:func:`exit_report`), in the
+        run's precision (its final-head accuracy is then the run's test accuracy)."""
+        return {"exit_curve": exit_report(self, dataset, precision=precision)}
 
 
 class ExitLoss(Criterion):
@@ -281,22 +283,27 @@ def simulate_exits(logits: Tensor, threshold: float, head_depths: Sequence[int])
 
 
 @torch.no_grad()
-def all_exit_logits(model: ExitViT, dataset: LabelledImages, batch_size: int = 500) -> Tensor:
-    """Every head's logits on every image of ``dataset``: ``(heads, N, classes)``, on the CPU."""
+@torch.no_grad()
+def all_exit_logits(model: ExitViT, dataset: LabelledImages, batch_size: int = 500, precision: str = "auto") -> Tensor:
+    """Every head's logits on every image of ``dataset`` in ``precision`` (:mod:`vitlab.core.precision`):
+    ``(heads, N, classes)``, on the CPU."""
     device = next(model.parameters()).device
     model.eval()
-    chunks = [torch.stack(model.forward_exits(images)).float().cpu()
-              for images in _batches(dataset, batch_size, device)]
+    autocast = autocast_context(device, precision)
+    chunks = []
+    for images in _batches(dataset, batch_size, device):
+        with autocast:
+            chunks.append(torch.stack(model.forward_exits(images)).float().cpu())
     return torch.cat(chunks, dim=1)
 
 
 def exit_curve(model: ExitViT, dataset: LabelledImages, thresholds: Sequence[float],
-               logits: Tensor | None = None) -> list[dict[str, Any]]:
+               logits: Tensor | None = None, precision: str = "auto") -> list[dict[str, Any]]:
     """Accuracy against compute as the threshold varies: one row per threshold with ``accuracy``,
     ``mean_blocks`` (blocks run per image, averaged), ``compute`` (that over ``depth``) and
     ``exit_share`` (the share of images leaving at each head). ``logits``: :func:`all_exit_logits`,
     if already computed."""
-    logits = all_exit_logits(model, dataset) if logits is None else logits
+    logits = all_exit_logits(model, dataset, precision=precision) if logits is None else logits
     labels = dataset.labels
     depths = model.config.head_depths
     rows = []
@@ -312,24 +319,25 @@ def exit_curve(model: ExitViT, dataset: LabelledImages, thresholds: Sequence[flo
 
 @torch.no_grad()
 def exit_throughput(model: ExitViT, dataset: LabelledImages, threshold: float, batch_size: int = 500,
-                    min_seconds: float = 1.0) -> float:
+                    min_seconds: float = 1.0, precision: str = "auto") -> float:
     """Measured images per second of :func:`early_exit_predict` over ``dataset`` (repeated until
     ``min_seconds`` have passed; the first batch is a warm-up and not timed). On a GPU each pass waits for
     the device to finish, so the clock measures the work, not its queueing."""
     device = next(model.parameters()).device
     model.eval()
     batches = _batches(dataset, batch_size, device)
-    early_exit_predict(model, batches[0], threshold)
-    _synchronize(device)
-    images_done, started = 0, time.perf_counter()
-    while True:
-        for images in batches:
-            early_exit_predict(model, images, threshold)
-            images_done += len(images)
+    with autocast_context(device, precision):
+        early_exit_predict(model, batches[0], threshold)
         _synchronize(device)
-        elapsed = time.perf_counter() - started
-        if elapsed >= min_seconds:
-            return images_done / elapsed
+        images_done, started = 0, time.perf_counter()
+        while True:
+            for images in batches:
+                early_exit_predict(model, images, threshold)
+                images_done += len(images)
+            _synchronize(device)
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_seconds:
+                return images_done / elapsed
 
 
 #: The thresholds of a recorded curve (a run's ``metrics.json``), and those whose speed is measured.
@@ -347,13 +355,16 @@ def _synchronize(device: torch.device) -> None:
 
 
 def exit_report(model: ExitViT, dataset: LabelledImages, thresholds: Sequence[float] = CURVE_THRESHOLDS,
-                timed: Sequence[float] = TIMED_THRESHOLDS, min_seconds: float = 1.0) -> list[dict[str, Any]]:
+                timed: Sequence[float] = TIMED_THRESHOLDS, min_seconds: float = 1.0,
+                precision: str = "auto") -> list[dict[str, Any]]:
     """:func:`exit_curve` over ``thresholds``, plus the measured ``images_per_s`` of real early-exit
-    inference (:func:`exit_throughput`) for those in ``timed``. What a trained run records."""
-    rows = exit_curve(model, dataset, thresholds)
+    inference (:func:`exit_throughput`) for those in ``timed``, all in ``precision``. What a trained run
+    records."""
+    rows = exit_curve(model, dataset, thresholds, precision=precision)
     for row in rows:
         if row["threshold"] in timed:
-            row["images_per_s"] = exit_throughput(model, dataset, row["threshold"], min_seconds=min_seconds)
+            row["images_per_s"] = exit_throughput(model, dataset, row["threshold"], min_seconds=min_seconds,
+                                                  precision=precision)
     return rows
 
 

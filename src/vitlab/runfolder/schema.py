@@ -85,7 +85,8 @@ class InitRecord(Config):
 @dataclass
 class RunConfig(Config):
     """``config.json``. ``train`` holds a :class:`~vitlab.engine.train.TrainConfig`'s fields (classification,
-    segmentation, detection), ``dino`` a :class:`~vitlab.engine.dino.DinoConfig`'s (pretraining)."""
+    segmentation, detection), ``dino`` a :class:`~vitlab.engine.dino.DinoConfig`'s (pretraining);
+    ``budget_plan`` what a time budget's probe measured and planned (:class:`~vitlab.engine.budget.BudgetPlan`)."""
 
     model: ModelRecord
     dataset: DatasetRecord
@@ -96,6 +97,7 @@ class RunConfig(Config):
     init: InitRecord | None = None
     experiment: str | None = None
     time_budget_s: float | None = None
+    budget_plan: dict[str, Any] | None = None
     views: dict[str, Any] | None = None
     command: str = ""
 
@@ -125,7 +127,7 @@ class RunConfig(Config):
         out["dataset"] = {k: v for k, v in self.dataset.to_dict().items() if v is not None}
         if self.init is not None:
             out["init"] = self.init.to_dict()
-        out.update({k: getattr(self, k) for k in ("experiment", "time_budget_s", "views")
+        out.update({k: getattr(self, k) for k in ("experiment", "time_budget_s", "budget_plan", "views")
                     if getattr(self, k) is not None})
         out["command"] = self.command
         return out
