@@ -85,8 +85,11 @@ precision: $(STAMP)
 			--experiment precision --out runs/precision-$$p-s$$s --quiet --resume || exit 1; \
 	done; done
 
-# On a machine with an NVIDIA GPU (about 10 minutes): unit tests and notebooks on CUDA, vit_cifar and
-# ResNet-18 trained in bf16 on the full CIFAR-10 for 45 s each, the bench; one summary in reports/gpu-check/.
+# On a machine with an NVIDIA GPU, within 10 minutes (each step killed with its children at its limit; tools/gpu_check.py
+# lists what runs and the CPU cost each limit was planned from): the device-path unit tests on CUDA (about 4 min),
+# lessons 06, 13, 15 and 16 in quick mode (about 2 min), vit_cifar_small and ResNet-20 trained in bf16 on the
+# full CIFAR-10 for 30 s each (about 70 s each with loading and testing), the bench of three presets (1.5 min).
+# Needs VITLAB_DATA (MNIST, CIFAR-10); one summary in reports/gpu-check/.
 .PHONY: gpu-check
 gpu-check: $(BENCH_STAMP)
 	$(BIN)/python tools/gpu_check.py --out reports/gpu-check
@@ -121,9 +124,17 @@ transfer: $(STAMP)
 # without a teacher, with soft and with hard distillation, 5 epochs each, seeds 0 and 1 (about 40 minutes on a
 # 2-core CPU). The CIFAR-10 half ran on a GPU: python tools/deit_experiment.py --dataset cifar10 --device cuda
 # --workers 4 --seeds 0 --teacher-epochs 6 --epochs 5
-.PHONY: deit
+.PHONY: deit deit-few
 deit: $(STAMP)
 	$(BIN)/python tools/deit_experiment.py --dataset mnist --out runs/deit --seeds 0 1
+
+# Lesson 13's few-label setting (about 15 minutes on a 2-core CPU): the students get 1,000 labelled digits, the
+# teacher (the shipped small CNN) was trained on all 54,000; 40 epochs, seeds 0-2; soft distillation as DeiT's
+# (T = 3, alpha 0.1).
+deit-few: $(STAMP)
+	$(BIN)/python tools/deit_experiment.py --dataset mnist --subset 1000 --epochs 40 --seeds 0 1 2 \
+		--teacher-run weights/mnist-teacher-simple_cnn --soft-tau 3 --soft-alpha 0.1 --experiment deit-few \
+		--out runs/deit-few
 
 # The report's Swin experiment (lesson 14): Swin vs ViT vs ResNet-18 with one recipe and one wall-clock budget per
 # dataset on one machine, on the full CIFAR-10 (10 minutes each) and on MNIST (325 s each, as the baselines); about
@@ -188,17 +199,36 @@ selfdistill-dino: $(STAMP)
 	$(BIN)/python -m vitlab pretrain --method dino --model vit_cifar_small --dataset cifar10 \
 		--time-budget $(DINO_CIFAR_BUDGET_S) $(DINO_FLAGS) --out runs/dino-cifar10 --resume
 
-# DATASET:MODEL:LABELLED_IMAGES:EPOCHS; the recorded runs are MNIST's. CIFAR-10's (not recorded yet):
-# make selfdistill-labels LABEL_RUNS="cifar10:vit_cifar_small:450:30 cifar10:vit_cifar_small:4500:5"
-LABEL_RUNS ?= mnist:vit_mnist:540:30 mnist:vit_mnist:5400:10
+# Few labels (lesson 15; about 10 minutes on a 2-core CPU): vit_mnist from the shipped DINO backbone against
+# the same model from scratch, on 540 and 5,400 labelled digits, one recipe and exactly 1,000 optimizer steps
+# for both starts, seeds 0-2 (tools/few_labels_experiment.py).
 selfdistill-labels: $(STAMP)
-	for spec in $(LABEL_RUNS); do \
-		set -- $$(echo $$spec | tr : ' '); data=$$1; model=$$2; n=$$3; epochs=$$4; \
-		$(BIN)/python -m vitlab train --model $$model --dataset $$data --subset $$n --epochs $$epochs --val-size 1000 \
-			--experiment dino-labels --out runs/dino-labels-$$data-$$n-scratch --quiet --resume || exit 1; \
-		$(BIN)/python -m vitlab train --init runs/dino-$$data --dataset $$data --subset $$n --epochs $$epochs \
-			--val-size 1000 --experiment dino-labels --out runs/dino-labels-$$data-$$n-dino --quiet --resume || exit 1; \
-	done
+	$(BIN)/python -m tools.few_labels_experiment --out runs/dino-labels
+
+# Lesson 15 in full mode (a few minutes): its collapse demo's three trajectories (DINO at its scaled learning
+# rate, without centering, without sharpening) go to reports/tuning/lesson15-collapse.csv, which the lesson quotes.
+.PHONY: lesson15
+lesson15: $(STAMP)
+	mkdir -p reports/tuning
+	VITLAB_QUICK=0 VITLAB_RECORD=$(CURDIR)/reports/tuning/lesson15-collapse.csv $(BIN)/jupyter nbconvert --to notebook \
+		--execute notebooks/15_self_distillation.ipynb --output-dir build/lesson15 --ExecutePreprocessor.timeout=3600
+
+# Lesson 08's data efficiency (about 30 minutes on a 2-core CPU): vit_mnist and simple_cnn on 500 to 54,000
+# training digits, exactly 1,500 optimizer steps each, seeds 0-2 (tools/efficiency_experiment.py).
+.PHONY: efficiency
+efficiency: $(STAMP)
+	$(BIN)/python -m tools.efficiency_experiment --out runs/efficiency
+
+# Lesson 10's CIFAR-10 studies on a CPU (tools/cifar_experiment.py; runs in runs/cifar/, resumable):
+# cifar-search: the transformer recipe search, successive halving on validation accuracy (11 candidates x 5 min,
+#   the best 2 ViTs and 2 CCTs x 15 min, the best of each x 30 min x 2 seeds: about 4 hours);
+# crossover: ViT, CCT, ResNet-20 and ResNet-18 at 2, 5, 10, 30 (2 seeds) and 60 minutes (1 seed): about 10 hours.
+.PHONY: cifar-search crossover
+cifar-search: $(STAMP)
+	$(BIN)/python tools/cifar_experiment.py search
+
+crossover: $(STAMP)
+	$(BIN)/python tools/cifar_experiment.py crossover
 
 # Rebuild reports/REPORT.md from the recorded runs (or from RUNS="runs/a runs/b ...").
 RUNS ?= $(sort $(wildcard reports/runs/*))

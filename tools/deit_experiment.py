@@ -9,10 +9,17 @@ optimizer steps; each run's wall time is recorded too, as distillation adds the 
 4. **DeiT soft**: the distillation head matches the teacher's probabilities (alpha 0.5, T 1);
 5. **DeiT hard**: the distillation head learns the teacher's decisions (alpha 0.5).
 
+``--subset N`` gives the students only N labelled images (the teacher is trained on all of them, or is
+``--teacher-run``, e.g. the shipped ``weights/mnist-teacher-simple_cnn``): the setting where a teacher
+knows more than the labels can tell the student, and distillation measurably helps (lesson 13). The soft
+student then uses DeiT's own soft setting (``--soft-tau 3 --soft-alpha 0.1``).
+
 Every run is an ordinary ``vitlab train`` run folder (its command is in its config.json)::
 
     python tools/deit_experiment.py --dataset mnist --out runs/deit --seeds 0 1
     python tools/deit_experiment.py --dataset cifar10 --out runs/deit --device cuda --workers 4
+    python tools/deit_experiment.py --dataset mnist --subset 1000 --epochs 40 --seeds 0 1 2 \
+        --teacher-run weights/mnist-teacher-simple_cnn --soft-tau 3 --soft-alpha 0.1 --out runs/deit-few
 
 Finished runs are skipped, so an interrupted experiment continues where it stopped.
 """
@@ -50,17 +57,18 @@ def run_one(job: dict[str, Any]) -> tuple[str, float, float]:
     if not run.is_finished():
         train_run(job["model"], job["dataset"], job["out"], recipe=job["recipe"], seed=job["seed"],
                   device=job["device"], progress=False, verbose=False, resume=run.has_state(), command=job["command"],
-                  experiment="deit")
+                  experiment=job["experiment"], subset=job["subset"])
     metrics = run.metrics()
     return run.name, metrics["test_accuracy"], metrics["train_time_s"]
 
 
-def job(model: str, dataset: str, out: Path, recipe: dict[str, Any], seed: int, device: str, threads: int
-        ) -> dict[str, Any]:
+def job(model: str, dataset: str, out: Path, recipe: dict[str, Any], seed: int, device: str, threads: int,
+        subset: int | None = None, experiment: str = "deit") -> dict[str, Any]:
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
-    command = f"vitlab train --model {model} --dataset {dataset} {flags} --seed {seed} --device {device} --out {out}"
+    command = (f"vitlab train --model {model} --dataset {dataset} {flags} --seed {seed} --device {device} --out {out}"
+               + (f" --subset {subset}" if subset else "") + f" --experiment {experiment}")
     return {"model": model, "dataset": dataset, "out": str(out), "recipe": recipe, "seed": seed, "device": device,
-            "threads": threads, "command": command}
+            "threads": threads, "command": command, "subset": subset, "experiment": experiment}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,25 +80,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every student (default: per dataset)")
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="student runs at a time")
+    parser.add_argument("--subset", type=int, default=None, help="labelled training images of every student")
+    parser.add_argument("--teacher-run", default=None, help="a trained teacher's run folder (default: train one)")
+    parser.add_argument("--soft-tau", type=float, default=1.0, help="temperature of the soft student")
+    parser.add_argument("--soft-alpha", type=float, default=0.5, help="weight of the soft student's teacher term")
+    parser.add_argument("--experiment", default="deit", help="the runs' experiment tag")
     args = parser.parse_args(argv)
 
     setting = SETTINGS[args.dataset]
     out = Path(args.out)
     started = time.perf_counter()
     threads = max(1, (os.cpu_count() or 1) // args.workers)
-    teacher_out = out / f"{args.dataset}-teacher-{setting['teacher']}"
-    teacher_recipe = {**setting["recipe"], "epochs": args.teacher_epochs or setting["teacher_epochs"]}
-    name, accuracy, seconds = run_one(job(setting["teacher"], args.dataset, teacher_out, teacher_recipe, 0,
-                                          args.device, os.cpu_count() or 1))
-    print(f"{name}: {100 * accuracy:.2f}% ({seconds:.0f} s training)", flush=True)
+    if args.teacher_run:
+        teacher_out = Path(args.teacher_run)
+    else:
+        teacher_out = out / f"{args.dataset}-teacher-{setting['teacher']}"
+        teacher_recipe = {**setting["recipe"], "epochs": args.teacher_epochs or setting["teacher_epochs"]}
+        name, accuracy, seconds = run_one(job(setting["teacher"], args.dataset, teacher_out, teacher_recipe, 0,
+                                              args.device, os.cpu_count() or 1, experiment=args.experiment))
+        print(f"{name}: {100 * accuracy:.2f}% ({seconds:.0f} s training)", flush=True)
 
     epochs = args.epochs or setting["epochs"]
     students = {"vit": (setting["vit"], {}), "deit-none": (setting["deit"], {}),
-                "deit-soft": (setting["deit"], {"teacher": teacher_out, "distill": "soft"}),
+                "deit-soft": (setting["deit"], {"teacher": teacher_out, "distill": "soft",
+                                                "distill_tau": args.soft_tau, "distill_alpha": args.soft_alpha}),
                 "deit-hard": (setting["deit"], {"teacher": teacher_out, "distill": "hard"})}
-    jobs = [job(model, args.dataset, out / f"{args.dataset}-{kind}-s{seed}",
+    prefix = f"{args.dataset}-{args.subset}" if args.subset else args.dataset
+    jobs = [job(model, args.dataset, out / f"{prefix}-{kind}-s{seed}",
                 {**setting["recipe"], "epochs": epochs, **{k: str(v) for k, v in extra.items()}}, seed, args.device,
-                threads)
+                threads, args.subset, args.experiment)
             for seed in args.seeds for kind, (model, extra) in students.items()]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         for name, accuracy, seconds in pool.map(run_one, jobs):

@@ -63,7 +63,7 @@ PROCESSES = {"unit-tests": 12, "notebooks": len(LESSONS)}
 GPU_FACTOR, CUDA_START_S = 1.5, 6.0
 #: Each step's limit in seconds (the training steps get ``--train-budget`` on top, for CIFAR-10's loading, the
 #: budget's probe and the test set); with the default 30 s budget the limits add up to 600 s.
-LIMITS = {"environment": 20, "unit-tests": 200, "notebooks": 130, "train-vit": 45, "train-resnet": 45, "bench": 100}
+LIMITS = {"environment": 10, "unit-tests": 230, "notebooks": 110, "train-vit": 40, "train-resnet": 40, "bench": 90}
 TRAIN_BUDGET_S = 30.0
 #: The bench's presets here (``make bench`` times all of them).
 BENCH_MODELS = "vit_cifar_small,vit_cifar,resnet18"
