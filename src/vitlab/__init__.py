@@ -6,7 +6,8 @@ folder and the floors below (``tests/test_layering.py`` fails on any arrow back 
     7  cli          python -m vitlab
     6  engine/      training: recipe, train (steps, evaluate, fit), loop (epochs, checkpoints, DDP),
                     budget (time budgets), driver (the one run driver), classify, dense, dino, distill
-    5  analysis/    explain (attention maps, rollout, Grad-CAM), plots, report
+    5  analysis/    explain (attention maps, rollout, Grad-CAM), plots, report, robustness (occlusion,
+                    shuffling, corruptions, attacks, translation)
     4  runfolder/   run (a run folder: Run, load_model), schema (RunConfig, RunMetrics)
     3  data/        datasets (in memory, cached), augment, loader (BatchLoader), canvas (dense tasks)
     2  models/      registry, vit, cnn, deit, swin, early_exit, segmentation, detection, losses, convert,
@@ -65,6 +66,7 @@ FLAT_NAMES: dict[str, tuple[str | dict[str, str], ...]] = {
     "runs": ("runfolder.run", "models.measure", "engine.classify",
              {"HISTORY_FIELDS": "engine.train:CLASSIFY_HISTORY_FIELDS"}),
     "explain": ("analysis.explain",), "plots": ("analysis.plots",), "report": ("analysis.report",),
+    "robustness": ("analysis.robustness",),
     "train": ("engine.train",), "dense": ("engine.dense",), "dino": ("engine.dino",),
 }
 

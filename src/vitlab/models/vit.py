@@ -262,6 +262,37 @@ class ViT(nn.Module):
         when ``num_classes=0``): pool, pre-logits, head."""
         return self.head(self.pre_logits(self.pool(features)))
 
+    def keep_patch_tokens(self, tokens: Tensor, keep: Tensor) -> Tensor:
+        """Drop patch tokens, keeping the prefix tokens (class, distillation) and the patches ``keep`` names.
+
+        The occlusion of a ViT in Naseer et al. 2021 ("Intriguing Properties of Vision Transformers"): a dropped
+        patch is not painted over, it is simply not in the sequence. Shapes: ``tokens (N, prefix + P, dim)`` from
+        :meth:`tokens` (positions already added, so every kept token still carries its place), ``keep (N, K)``
+        (one set per image) or ``(K,)`` (the same for all) int64 patch indices in ``[0, P)``, row-major as the
+        patch grid, ``-> (N, prefix + K, dim)``, the patches in the order ``keep`` gives them.
+        """
+        prefix = self.num_prefix_tokens
+        patches = tokens.shape[1] - prefix
+        if keep.dtype not in (torch.int64, torch.int32) or keep.dim() not in (1, 2):
+            raise ValueError(f"keep must be (K,) or (N, K) integer patch indices, got {keep.dtype} "
+                             f"{tuple(keep.shape)}")
+        keep = keep.to(tokens.device).long()
+        keep = keep.expand(tokens.shape[0], -1) if keep.dim() == 1 else keep
+        if keep.shape[0] != tokens.shape[0]:
+            raise ValueError(f"keep has {keep.shape[0]} rows for {tokens.shape[0]} images")
+        if keep.numel() and (keep.min() < 0 or keep.max() >= patches):
+            raise ValueError(f"keep holds patch indices outside [0, {patches})")
+        kept = tokens[:, prefix:].gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return torch.cat([tokens[:, :prefix], kept], dim=1)
+
+    def forward_tokens(self, tokens: Tensor) -> Tensor:
+        """The encoder and head on an embedded sequence: ``(N, prefix + K, dim) -> (N, classes)`` logits, for any
+        number ``K`` of patch tokens (e.g. thinned by :meth:`keep_patch_tokens`). ``forward_tokens(tokens(x))``
+        is ``forward(x)``; the pooling reads the class token (or averages the patch tokens that are there)."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.forward_head(self.norm(tokens))
+
 
 def zero_head(in_features: int, num_classes: int, device: torch.device | str | None = None) -> nn.Module:
     """A zero-initialized linear classifier ``(N, in_features) -> (N, num_classes)`` for fine-tuning
