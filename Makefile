@@ -5,8 +5,10 @@
 #   make test    lint (ruff) + unit tests + every notebook executed by nbval (quick mode)
 #   make lint    ruff check on the package, tests, notebooks, bench and tools
 #   make lab     JupyterLab on the notebooks
+#   make unit    unit tests only (no notebooks)
 #   make html    the course website in site/: every lesson executed, API reference (QUICK=1: fast)
-#   make clean   remove the venv, caches and rendered site
+#   make handouts  student notebooks in handouts/: no worked solutions, an autograder cell per exercise
+#   make clean   remove the venv, caches, rendered site and handouts
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[lab,dev,pretrained,docs]"
 	touch $(STAMP)
 
-.PHONY: setup test unit lint lab html clean
+.PHONY: setup test unit lint lab html handouts clean
 
 setup: $(STAMP)
 
@@ -44,8 +46,13 @@ EXECUTE ?= all
 html: $(STAMP)
 	VITLAB_QUICK=$(QUICK) $(BIN)/python tools/build_site.py --out site --execute $(EXECUTE)
 
+# Student notebooks (a few seconds): one per lesson, each worked solution replaced by a stub that stops with
+# "not done yet" and its asserts kept as an autograder cell (tools/handouts.py; handouts/ is git-ignored).
+handouts: $(STAMP)
+	$(BIN)/python tools/handouts.py --out handouts
+
 clean:
-	rm -rf $(VENV) site .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) site handouts .pytest_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The main job: train the default ViT on MNIST, evaluate on the test set, print the accuracy.
