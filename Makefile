@@ -75,15 +75,15 @@ $(BENCH_STAMP): $(STAMP)
 
 # Every preset, fp32 and bf16, training and inference, vitlab vs timm, torch.compile on the side; the
 # results go to bench/results.json and .md (about 30 minutes on a 2-core CPU, where bf16 is emulated).
-# `make bench-readme` pastes the tables of bench/results.json into the README.
-.PHONY: bench bench-readme
+.PHONY: bench bench-page
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/bench.py --json bench/results.json --markdown bench/results.md
 
-bench-readme: $(STAMP)
-	$(BIN)/python bench/bench.py --from bench/results.json --readme README.md
+# Paste the tables of bench/results.json into the site's Throughput page, docs/bench.md (a few seconds).
+bench-page: $(STAMP)
+	$(BIN)/python bench/bench.py --from bench/results.json --page docs/bench.md
 
-# bf16 vs fp32 accuracy (README, Precision): vit_mnist, 3 epochs, seeds 0 and 1, in each precision (the
+# bf16 vs fp32 accuracy (the site's Precision page): vit_mnist, 3 epochs, seeds 0 and 1, in each precision (the
 # fp32 runs equal make pooling's class-token ones). On a CPU without AMX bf16 is emulated: about 35 minutes.
 .PHONY: precision
 precision: $(STAMP)

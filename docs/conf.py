@@ -15,6 +15,9 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",    # "[source]" links next to every documented object
     "sphinx.ext.mathjax",
+    # MathJax 3 served from the site's own _static/mathjax (it sets mathjax_path), not from a CDN: equations
+    # are typeset with no network (tests/test_site.py loads a lesson with the network cut off).
+    "sphinx-mathjax-offline",
 ]
 
 root_doc = "index"
@@ -41,7 +44,7 @@ html_theme_options = {
     "use_download_button": True,
 }
 html_last_updated_fmt = "%Y-%m-%d"
-# No calls to the network when the page loads: MathJax is the only script fetched from a CDN.
+# No calls to the network when a page loads: every script, MathJax included, is served with the site.
 html_copy_source = False
 html_static_path = ["_static"]
 html_css_files = ["vitlab.css"]

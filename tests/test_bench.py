@@ -1,4 +1,4 @@
-"""bench/bench.py and tools/gpu_check.py: the README's bench tables are the committed results file's,
+"""bench/bench.py and tools/gpu_check.py: the site's bench tables (docs/bench.md) are the committed results file's,
 the bench compares like with like (timm's twins have the preset's parameters), and the GPU check
 reports what it ran (and refuses a machine without a GPU)."""
 
@@ -19,15 +19,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 
-def test_readme_bench_tables_are_generated_from_the_committed_results() -> None:
+def test_bench_page_tables_are_generated_from_the_committed_results() -> None:
     results = json.loads((ROOT / "bench" / "results.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(bench.README_BEGIN, 1)[1].split(bench.README_END, 1)[0]
-    assert block.strip() == bench.markdown(results).strip(), "run: make bench-readme"
+    page = (ROOT / "docs" / "bench.md").read_text()   # the site's Throughput page
+    block = page.split(bench.PAGE_BEGIN, 1)[1].split(bench.PAGE_END, 1)[0]
+    assert block.strip() == bench.markdown(results).strip(), "run: make bench-page"
     assert (ROOT / "bench" / "results.md").read_text().strip() == bench.markdown(results).strip()
     measured = {row["model"] for row in results["rows"]}
-    assert measured == set(model_names()), "every registered preset is in the bench: rerun make bench"
+    missing = sorted(set(model_names()) - measured)
+    assert not missing and measured == set(model_names()), f"presets missing from the bench: {missing}: rerun make bench"
     assert {row["precision"] for row in results["rows"]} == {"fp32", "bf16"}
+
+
+def test_paste_into_page_replaces_only_the_text_between_the_markers(tmp_path) -> None:
+    page = tmp_path / "bench.md"
+    page.write_text(f"# Throughput\n\nbefore\n{bench.PAGE_BEGIN}\nold table\n{bench.PAGE_END}\nafter\n")
+    bench.paste_into_page(page, "| new | table |\n")
+    assert page.read_text() == f"# Throughput\n\nbefore\n{bench.PAGE_BEGIN}\n| new | table |\n{bench.PAGE_END}\nafter\n"
+    page.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no bench markers"):
+        bench.paste_into_page(page, "| t |\n")
 
 
 def test_markdown_reads_ratios_against_timm_fp32_and_marks_the_auto_path() -> None:

@@ -14,18 +14,26 @@ site with one sidebar, one search box and previous/next links. Steps:
    static figure that shows the same); exercise solutions get myst-nb's ``hide-cell`` tag, so the
    page shows them collapsed behind a toggle;
 3. the staged sources (``build/site-src``: the executed lessons, the landing page from
-   ``docs/index.md`` with the lesson list filled in, one API page per module, ``docs/conf.py``) are
-   rendered by Sphinx into ``--out``.
+   ``docs/index.md`` with the lesson list filled in, the guide pages of :data:`GUIDES` from ``docs/*.md``,
+   one API page per module, ``docs/conf.py``) are rendered by Sphinx into ``--out``. Three guide pages are
+   completed from their sources of truth on the way: *Results* is ``reports/REPORT.md`` with its figures,
+   *Command line* gets each sub-command's ``--help`` from ``vitlab.cli``'s parser, and *Reproducing the
+   results* gets every experiment target of the ``Makefile`` with the time its comment states.
+
+Equations are typeset by a copy of MathJax served with the site (``sphinx-mathjax-offline``, in the ``docs``
+extra), so the pages need no network.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -40,6 +48,15 @@ WIDGET_NOTE = ("<p style='color:#666;font-style:italic'>[interactive widget: ope
 LESSONS_MARKER = "<!-- lessons -->"
 PART_TWO_FROM = 12   # lessons 00-11 build a ViT (Part I); 12 on extend it (Part II)
 PART_TITLES = ("Part I · a ViT from scratch", "Part II · beyond the basic ViT")
+#: The pages beside the lessons, by sidebar caption: ``docs/NAME.md`` (``results`` is made from reports/REPORT.md,
+#: ``api`` from the package's docstrings).
+GUIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Using the course", ("instructors", "cli", "datasets")),
+    ("Results", ("results", "findings", "reproducing", "precision", "bench", "limits")),
+    ("Reference", ("package", "api", "developing")),
+)
+HELP_MARKER = re.compile(r"^<!-- help: ([\w-]+) -->$", re.M)   # docs/cli.md: where a sub-command's --help goes
+TARGETS_MARKER = "<!-- make-targets -->"                       # docs/reproducing.md: where the targets go
 
 
 def _is_progress_bar(output: nbformat.NotebookNode) -> bool:
@@ -74,14 +91,33 @@ def hide_solutions(nb: nbformat.NotebookNode) -> int:
     return hidden
 
 
+_NAVIGATION = re.compile(r"^[*_]*(Previous|Next)\s*:", re.I)   # "*Previous: [Lesson 11 ...](...).*"
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
+_ABBREVIATIONS = ("al.", "e.g.", "i.e.", "cf.", "vs.", "Fig.", "Eq.")
+
+
+def _plain(text: str) -> str:
+    """Markdown reduced to the words: links keep their text, emphasis and code marks go."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)   # [text](link) -> text
+    return " ".join(text.replace("**", "").replace("`", "").replace("*", "").split())
+
+
 def title_and_summary(nb: nbformat.NotebookNode) -> tuple[str, str]:
-    """The first heading of the lesson and the first sentence after it, as plain text."""
-    first = nb.cells[0].source.strip().splitlines()
-    title = first[0].lstrip("# ").strip()
-    body = " ".join(line.strip() for line in first[1:] if line.strip())
-    body = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", body)   # [text](link) -> text
-    body = body.replace("**", "").replace("`", "").replace("*", "")
-    return title, body.split(". ")[0].rstrip(".") + "."
+    """The first heading of the lesson and the first sentence of its introduction, as plain text.
+
+    The introduction is the first paragraph of prose under the heading: a navigation line ("*Previous: Lesson
+    11 ...*", Part II's lessons open with one), a list, a table or a code block is not a summary.
+    """
+    first = nb.cells[0].source.strip()
+    heading, _, body = first.partition("\n")
+    title = heading.lstrip("# ").strip()
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", body) if p.strip()]
+    prose = next((p for p in paragraphs if not _NAVIGATION.match(p) and not p.startswith(("```", "|", "-", "* ", "1.",
+                                                                                       "#", "<"))), "")
+    text = _plain(prose)
+    ends = [m.start() for m in _SENTENCE_END.finditer(text) if not text[:m.start()].endswith(_ABBREVIATIONS)]
+    sentence = text[:ends[0]] if ends else text
+    return title, sentence.rstrip(".:;,") + ("" if sentence.endswith(("?", "!")) else ".")
 
 
 def lesson_number(path: Path) -> int:
@@ -101,7 +137,8 @@ def toctree(entries: list[str], caption: str | None = None) -> str:
 
 
 def landing_page(template: str, lessons: list[tuple[Path, str, str]]) -> str:
-    """``docs/index.md`` with the lesson list (one line per lesson) and the sidebar's toctrees filled in."""
+    """``docs/index.md`` with the lesson list (one line per lesson) and the sidebar's toctrees filled in: the
+    lessons by part, then the guide pages of :data:`GUIDES` under their captions."""
     if LESSONS_MARKER not in template:
         raise ValueError(f"docs/index.md has no {LESSONS_MARKER} line to put the lesson list at")
     blocks = []
@@ -111,8 +148,169 @@ def landing_page(template: str, lessons: list[tuple[Path, str, str]]) -> str:
             continue
         listing = "\n".join(f"- [{t}](lessons/{p.stem}.ipynb): {s}" for p, t, s in members)
         blocks.append(f"### {title}\n\n{listing}\n\n" + toctree([f"lessons/{p.stem}" for p, _, _ in members], title))
-    blocks.append(toctree(["api"], "Reference"))
+    blocks += [toctree(list(pages), caption) for caption, pages in GUIDES]
     return template.replace(LESSONS_MARKER, "\n".join(blocks))
+
+
+# ---- the guide pages ----------------------------------------------------------------------------
+
+_RULE = re.compile(r"^([A-Za-z][\w.-]*)\s*:(?!=)")
+_COURSE_LINE = re.compile(r"^#\s+make ([\w-]+)\s")
+_TIME = re.compile(r"(?:about|within|under)\s+[\d.,]+\s*(?:s|seconds?|min|minutes?|hours?)\b"
+                   r"(?:\s+on\s+(?:a|an|one)\s+[\w -]*?(?:CPU|GPU))?|a few (?:seconds|minutes)", re.I)
+
+
+@dataclass
+class MakeTarget:
+    """A target of the Makefile, with the comment block written above it (shared by the targets under it)."""
+
+    name: str
+    comment: str
+    first: str   #: the first target under the same comment (the one the comment's time is for)
+
+    @property
+    def time(self) -> str:
+        """The run time the comment states for this target ("about 47 minutes on a 2-core CPU"), or ""."""
+        text = self.comment
+        own = re.search(rf"(?:^|[\s(]){re.escape(self.name)}:", text)
+        if own:   # a comment that describes several targets one by one ("cifar-search: ...; crossover: ...")
+            text = text[own.end():]
+            text = re.split(r";\s+[a-z][\w-]*:\s", text, maxsplit=1)[0]   # up to the next target's part
+        elif self.name != self.first:
+            found = _TIME.search(text)
+            return f"part of make {self.first} ({found.group(0)})" if found else ""
+        found = _TIME.search(text)
+        if not found:
+            return ""
+        time = found.group(0)
+        if "GPU" in text[max(0, found.start() - 100):found.start()] and "CPU" not in time and "GPU" not in time:
+            time += " (on a GPU)"
+        return time
+
+
+def makefile_targets(text: str) -> list[MakeTarget]:
+    """Every rule of the Makefile (not ``.PHONY``, not file targets such as ``$(STAMP)``), in order."""
+    targets, comment, first, previous_was_comment = [], "", "", False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            words = line.lstrip("#").strip()
+            comment = f"{comment} {words}".strip() if previous_was_comment else words
+            first = "" if not previous_was_comment else first
+            previous_was_comment = True
+            continue
+        previous_was_comment = False
+        match = _RULE.match(line)
+        if match and match.group(1) != ".PHONY":
+            first = first or match.group(1)
+            targets.append(MakeTarget(match.group(1), comment, first))
+    return targets
+
+
+def course_targets(text: str) -> list[str]:
+    """The targets the Makefile's opening comment lists (``#   make test    ...``): the course's own commands."""
+    names = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        match = _COURSE_LINE.match(line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+def experiment_targets(text: str) -> list[MakeTarget]:
+    """The Makefile's targets that run or rebuild experiments: all but the course's own commands."""
+    course = set(course_targets(text))
+    return [target for target in makefile_targets(text) if target.name not in course]
+
+
+def _markdown_text(text: str) -> str:
+    """A Makefile comment as MyST text: flags (``--resume``) and make variables (``$(RUN)``) as code, so that
+    no ``--`` becomes a dash and no ``$`` starts math; ``$``, ``*``, ``<``, ``|`` and ``\\`` escaped elsewhere."""
+    parts = re.split(r"(`[^`]*`|(?<![\w-])--[\w-]+(?:=\S+)?|\$\([A-Z_]+\))", text)
+    return "".join(part if part.startswith("`") else f"`{part}`" if part.startswith(("--", "$(")) else
+                   re.sub(r"([$*<|\\])", r"\\\1", part) for part in parts)
+
+
+def reproducing_page(template: str, makefile: str) -> str:
+    """``docs/reproducing.md`` with every experiment target of the Makefile: a table of times, then each
+    comment block once, under the targets it describes."""
+    if TARGETS_MARKER not in template:
+        raise ValueError(f"docs/reproducing.md has no {TARGETS_MARKER} line to put the targets at")
+    targets = experiment_targets(makefile)
+    rows = [f"| `make {t.name}` | {_markdown_text(t.time) or 'not stated in the Makefile'} |" for t in targets]
+    table = "| target | time (as its Makefile comment states it) |\n|---|---|\n" + "\n".join(rows)
+    sections = []
+    for first in dict.fromkeys(t.first for t in targets):
+        group = [t for t in targets if t.first == first]
+        names = ", ".join(f"`make {t.name}`" for t in group)
+        sections.append(f"### {names}\n\n{_markdown_text(group[0].comment) or 'No comment in the Makefile.'}\n")
+    return template.replace(TARGETS_MARKER, table + "\n\n" + "\n".join(sections))
+
+
+def cli_help() -> dict[str, str]:
+    """Each ``vitlab`` sub-command's ``--help`` text, from the command line's own parser (100 columns wide)."""
+    from vitlab.cli import build_parser
+
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        parser = build_parser()
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return {name: sub.format_help() for name, sub in commands.choices.items()}
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+
+
+def cli_page(template: str, helps: dict[str, str]) -> str:
+    """``docs/cli.md`` with each ``<!-- help: NAME -->`` line replaced by that sub-command's ``--help``.
+
+    A sub-command without its line still gets a section (its help) at the end, and a line naming a sub-command
+    the parser lacks says so, so that the build goes through; ``tests/test_site.py`` fails on either, so that
+    the page is put right by hand (examples included).
+    """
+    def options(name: str) -> str:
+        if name not in helps:
+            return f"*`vitlab {name}` is not a sub-command of this version's command line.*"
+        return f"All of `vitlab {name}`'s options (its `--help`):\n\n```text\n{helps[name]}```"
+
+    page = HELP_MARKER.sub(lambda match: options(match.group(1)), template)
+    documented = set(HELP_MARKER.findall(template))
+    return page + "".join(f"\n## vitlab {name}\n\n{options(name)}\n" for name in helps if name not in documented)
+
+
+def results_page(report: str) -> str:
+    """``reports/REPORT.md`` as the site's Results page: its title replaced, its figures' paths kept
+    (``figures/*.png``, copied next to the page)."""
+    body = report.split("\n", 1)[1] if report.startswith("# ") else report
+    return ("# Results\n\nThe results report of every recorded run, as `vitlab report` writes it to "
+            "`reports/REPORT.md` (`make report` rebuilds it). What the numbers show, experiment by experiment, is in "
+            "[What the results show](findings.md); the commands that made them are in "
+            "[Reproducing the results](reproducing.md).\n" + body)
+
+
+def stage_guides(stage: Path) -> list[str]:
+    """Write the guide pages of :data:`GUIDES` into the stage (and the report's figures); return their names."""
+    docs = ROOT / "docs"
+    pages = [name for _, names in GUIDES for name in names if name != "api"]
+    for name in pages:
+        if name == "results":
+            (stage / "results.md").write_text(results_page((ROOT / "reports" / "REPORT.md").read_text()))
+            shutil.copytree(ROOT / "reports" / "figures", stage / "figures")
+            continue
+        source = docs / f"{name}.md"
+        if not source.is_file():
+            raise SystemExit(f"the sidebar lists {name}, but docs/{name}.md does not exist")
+        text = source.read_text()
+        if name == "cli":
+            text = cli_page(text, cli_help())
+        elif name == "reproducing":
+            text = reproducing_page(text, (ROOT / "Makefile").read_text())
+        (stage / f"{name}.md").write_text(text)
+    return pages
 
 
 def module_names() -> list[tuple[str, Path]]:
@@ -183,8 +381,9 @@ def build(out: Path, stage: Path, notebooks: list[Path], execute_spec: list[str]
     shutil.copy(ROOT / "docs" / "conf.py", stage / "conf.py")
     shutil.copytree(ROOT / "docs" / "_static", stage / "_static")
     (stage / "index.md").write_text(landing_page((ROOT / "docs" / "index.md").read_text(), lessons))
+    guides = stage_guides(stage)
     modules = api_pages(stage)
-    print(f"API reference: {len(modules)} modules", flush=True)
+    print(f"guide pages: {', '.join(guides)}; API reference: {len(modules)} modules", flush=True)
 
     from sphinx.cmd.build import build_main
 
