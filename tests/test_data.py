@@ -8,10 +8,13 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 
+import vitlab
 import vitlab.data
 import vitlab.data.datasets
 from conftest import skip_or_fail
@@ -407,3 +410,81 @@ def test_corrupt_image_file_is_a_clear_error_naming_it(tmp_path, fresh_cache, da
     assert isinstance(info.value, ValueError)
     assert str(broken) in str(info.value) and "remove or replace" in str(info.value).lower()
     assert _cache_files(fresh_cache) == []  # nothing half-decoded was cached
+
+
+# ------------------------------------------------------------------------- photos: shapes, orientation, balance
+def _photo(path: Path, size: tuple[int, int], sideways: bool = False) -> None:
+    """A JPEG whose upright picture (``size``: width, height) is red on its left half and blue on its right;
+    ``sideways`` stores it turned 90 degrees counter-clockwise with the EXIF tag that says so (orientation 6,
+    what a phone writes for a portrait photo)."""
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2, 0] = 255
+    pixels[:, width // 2:, 2] = 255
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    if sideways:
+        image = image.transpose(Image.Transpose.ROTATE_90)
+        exif[0x0112] = 6  # the Orientation tag: display rotated 90 degrees clockwise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, exif=exif, quality=100)
+
+
+def test_fit_image_crops_squashes_or_pads_a_long_picture() -> None:
+    from vitlab.data import fit_image
+
+    wide = Image.fromarray(np.concatenate([np.full((20, 20, 3), 200, np.uint8), np.zeros((20, 40, 3), np.uint8)], 1))
+    crop, squash, pad = (np.asarray(fit_image(wide, 10, mode)) for mode in ("crop", "squash", "pad"))
+    assert crop.shape == squash.shape == pad.shape == (10, 10, 3)
+    assert crop.max() < 100                             # the centre of a 60x20 picture: only its dark part
+    assert squash[:, 0].min() > 150 and squash[:, -1].max() < 50  # squashed: bright left third, dark right
+    assert pad[0].max() == 0 and pad[-1].max() == 0 and pad[5, 0].min() > 150  # black bars above and below
+    assert np.asarray(fit_image(Image.fromarray(crop), 10, "crop")).tobytes() == crop.tobytes()  # right size: as is
+    with pytest.raises(ValueError, match="resize mode"):
+        fit_image(wide, 10, "stretch")
+
+
+def test_folder_photos_are_turned_upright_as_their_exif_says(tmp_path: Path) -> None:
+    _photo(tmp_path / "pool" / "a" / "upright.jpg", (32, 16))
+    _photo(tmp_path / "pool" / "a" / "tagged.jpg", (32, 16), sideways=True)
+    for i in range(3):
+        _photo(tmp_path / "pool" / "b" / f"{i}.jpg", (32, 16))
+    data = load_image_folder(tmp_path / "pool", "train+val", image_size=16, resize="squash", stratify=False)
+    test = load_image_folder(tmp_path / "pool", "test", image_size=16, resize="squash", stratify=False)
+    images = torch.cat([data.images, test.images])
+    raw = np.asarray(Image.open(tmp_path / "pool" / "a" / "tagged.jpg").convert("RGB"))
+    assert raw.shape == (32, 16, 3)                  # what Pillow reads without the tag: lying on its side
+    # Upright, every picture shows red on the left, blue on the right: the tagged one too.
+    assert all(img[0, :, :8].float().mean() > 200 and img[2, :, 8:].float().mean() > 200 for img in images)
+
+
+def test_stratified_split_keeps_every_class_share() -> None:
+    from vitlab.data import stratified_split_indices
+
+    labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
+    train, val = stratified_split_indices(labels, 20, seed=3)
+    assert len(val) == 20 and len(train) == 80 and set(train.tolist()).isdisjoint(val.tolist())
+    assert torch.bincount(labels[val], minlength=3).tolist() == [16, 3, 1]    # 20 % of each class
+    again = stratified_split_indices(labels, 20, seed=3)
+    assert torch.equal(again[1], val) and not torch.equal(stratified_split_indices(labels, 20, seed=4)[1], val)
+    _, odd = stratified_split_indices(labels, 7, seed=0)                       # 5.6 / 1.05 / 0.35: largest remainder
+    assert len(odd) == 7 and torch.bincount(labels[odd], minlength=3).tolist() == [6, 1, 0]
+
+
+def test_a_run_on_a_folder_records_and_reloads_its_resize_and_split(tmp_path: Path) -> None:
+    from vitlab.runfolder import Run
+
+    for kind, count in (("big", 30), ("small", 6)):
+        for i in range(count):
+            _photo(tmp_path / "imbalanced" / kind / f"{i}.jpg", (48, 24) if i % 2 else (24, 48))
+    common = dict(image_size=16, channels=3, val_size=0.2, seed=1)
+    test = load_image_folder(tmp_path / "imbalanced", "test", **common)
+    assert torch.bincount(test.labels).tolist() == [6, 1]  # 20 % of 36 = 7: the small class is in the test set
+    run = vitlab.train_run("simple_cnn", f"folder:{tmp_path / 'imbalanced'}", tmp_path / "run", resize="pad",
+                           model_args={"image_size": 16, "in_channels": 3}, recipe={"epochs": 1, "batch_size": 8, "precision": "fp32"},
+                           seed=1, progress=False, verbose=False)
+    record = run.record()
+    assert record.dataset.resize == "pad" and record.dataset.stratify is True
+    padded = load_image_folder(tmp_path / "imbalanced", "test", resize="pad", **common)
+    assert torch.equal(Run(run.path).dataset("test").images, padded.images)
+    assert not torch.equal(padded.images, test.images)   # pad and crop differ on these long pictures

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 "deit-hard": (setting["deit"], {"teacher": teacher_out, "distill": "hard"})}
     prefix = f"{args.dataset}-{args.subset}" if args.subset else args.dataset
     jobs = [job(model, args.dataset, out / f"{prefix}-{kind}-s{seed}",
-                {**setting["recipe"], "epochs": epochs, **{k: str(v) for k, v in extra.items()}}, seed, args.device,
+                {**setting["recipe"], "epochs": epochs,
+                 **{k: str(v) if isinstance(v, Path) else v for k, v in extra.items()}}, seed, args.device,
                 threads, args.subset, args.experiment)
             for seed in args.seeds for kind, (model, extra) in students.items()]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:

@@ -45,7 +45,7 @@ from .core.io import CheckpointError, atomic_write, save_json
 from .core.runtime import pick_device
 from .data.augment import AUGMENTATIONS
 from .data.canvas import CanvasConfig
-from .data.datasets import DatasetNotFoundError, data_root, load_dataset
+from .data.datasets import RESIZE_MODES, DatasetNotFoundError, data_root, load_dataset
 from .engine.classify import train_run
 from .engine.dense import dense_run, evaluate_dense_run
 from .engine.dino import DinoConfig, pretrain
@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int, default=None,
                        help="with --init: the resolution the model runs at (its position table is resampled); "
                             "default the checkpoint's. Images of another size are resized to it")
+    train.add_argument("--resize", default="crop", choices=list(RESIZE_MODES),
+                       help="folder:PATH datasets: how a picture of another shape becomes square (centre crop, "
+                            "squash, or pad with black; vitlab.data.fit_image)")
+    train.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
+                       help="folder:PATH datasets: keep each class's share in the test and validation splits")
     train.add_argument("--classes", default=None, metavar="A,B,...",
                        help="train on these classes only (names or indices, comma-separated), relabelled in order")
     train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -279,6 +284,9 @@ def _train_classifier(args: argparse.Namespace) -> None:
     args.dataset = args.dataset or "mnist"
     if args.val_size < 0:
         raise ValueError(f"--val-size must be a fraction in [0, 1) or a count, got {args.val_size}")
+    if not args.dataset.startswith("folder:") and (args.resize != "crop" or not args.stratify):
+        raise ValueError("--resize and --no-stratify are for folder:PATH datasets (a named dataset has one image size "
+                         "and its own split)")
     model = args.model if args.model is not None or args.init is not None else "vit_mnist"
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     train_run(model, args.dataset, args.out, recipe=_config_overrides(args, TrainConfig),
@@ -286,7 +294,7 @@ def _train_classifier(args: argparse.Namespace) -> None:
               val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
               test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
               time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
-              experiment=args.experiment)
+              experiment=args.experiment, resize=args.resize, stratify=args.stratify)
 
 
 def _task(args: argparse.Namespace) -> str:

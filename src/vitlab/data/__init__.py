@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .datasets import (
     DATASETS,
+    RESIZE_MODES,
     CorruptImageError,
     DatasetInfo,
     DatasetNotFoundError,
@@ -17,15 +18,17 @@ from .datasets import (
     canonical_name,
     data_root,
     epoch_order,
+    fit_image,
     load_dataset,
     load_image_folder,
     normalize,
     split_indices,
+    stratified_split_indices,
 )
 from .loader import BatchLoader
 
 __all__ = [
     "DATASETS", "BatchLoader", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
     "cache_dir", "canonical_name", "data_root", "epoch_order", "load_dataset", "load_image_folder", "normalize",
-    "split_indices",
+    "split_indices", "stratified_split_indices", "fit_image", "RESIZE_MODES",
 ]

@@ -48,11 +48,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import safetensors.torch
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from torchvision import datasets as tvd
@@ -62,8 +63,12 @@ from ..core.io import REPOSITORY, atomic_write
 __all__ = [
     "DATASETS", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
     "cache_dir", "canonical_name", "data_root", "epoch_order", "load_dataset", "load_image_folder", "normalize",
-    "split_indices",
+    "split_indices", "stratified_split_indices", "fit_image", "RESIZE_MODES", "ResizeMode",
 ]
+
+#: How a picture of another shape becomes ``S x S`` (:func:`fit_image`): centre crop, squash, or pad.
+ResizeMode = Literal["crop", "squash", "pad"]
+RESIZE_MODES: tuple[str, ...] = ("crop", "squash", "pad")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -176,6 +181,30 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"validation size {val_size} must be in [0, {n})")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def stratified_split_indices(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded split of ``range(len(labels))`` into ``(train, val)`` index tensors (each sorted) in which every
+    class keeps its share: class ``c`` gives ``val_size * n_c / n`` of its images to ``val``, the fractions
+    rounded by largest remainder so the total is exactly ``val_size``. With imbalanced classes a plain random
+    split can leave a small class out of the validation (or test) set; this cannot."""
+    n = len(labels)
+    if not 0 <= val_size < n:
+        raise ValueError(f"validation size {val_size} must be in [0, {n})")
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(labels)
+    share = counts.double() * val_size / n
+    quota = share.floor().long()
+    leftover = val_size - int(quota.sum())
+    quota[torch.argsort(share - quota, descending=True, stable=True)[:leftover]] += 1
+    val_parts = []
+    for label, take in enumerate(quota.tolist()):
+        members = (labels == label).nonzero().flatten()
+        val_parts.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    val = torch.cat(val_parts).sort().values if val_parts else torch.empty(0, dtype=torch.long)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return keep.nonzero().flatten(), val
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -328,7 +357,7 @@ def _read_torchvision(info: DatasetInfo, root: Path, train: bool, download: bool
 
 
 # Bump when the cached content or layout changes: old cache files are then ignored and rewritten.
-_CACHE_FORMAT = "vitlab-image-folder-1"
+_CACHE_FORMAT = "vitlab-image-folder-2"  # 2: EXIF orientation applied, the resize mode in the key
 _cache_warned: set[str] = set()  # cache folders already warned about in this process
 
 
@@ -360,9 +389,10 @@ def _list_images(folder: Path, class_names: Sequence[str]) -> tuple[list[str], l
     return paths, labels, digest.hexdigest()
 
 
-def _cache_path(folder: Path, image_size: int | None, channels: int, class_names: Sequence[str]) -> Path:
+def _cache_path(folder: Path, image_size: int | None, channels: int, class_names: Sequence[str],
+                resize: ResizeMode = "crop") -> Path:
     """The cache file of one decode: named after the folder, keyed by everything that changes the result."""
-    key = json.dumps([_CACHE_FORMAT, str(folder), image_size, channels, list(class_names)])
+    key = json.dumps([_CACHE_FORMAT, str(folder), image_size, channels, list(class_names), resize])
     label = "".join(c if c.isalnum() or c in "._-" else "_" for c in "-".join(folder.parts[-2:]))
     return cache_dir() / f"{label}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
@@ -436,29 +466,58 @@ def _prune_cache(directory: Path, keep: Path) -> None:
             stale = meta.get("format") != _CACHE_FORMAT or not Path(meta.get("folder", "")).is_dir()
             if meta.get("format", "").startswith(prefix) and stale:
                 other.unlink()
-        except (OSError, SafetensorError):
+        except (OSError, RuntimeError, SafetensorError):  # a file another process just deleted: RuntimeError
             pass
 
 
-def _decode_images(paths: Sequence[str | Path], channels: int, image_size: int | None) -> list[np.ndarray]:
+def fit_image(image: Image.Image, size: int, mode: ResizeMode = "crop") -> Image.Image:
+    """Bring a picture of any shape to ``size x size`` (bilinear):
+
+    * ``"crop"`` (the default): scale the shorter side to ``size``, then cut the centre square: the
+      proportions are kept and the edges of a long picture are lost (torchvision's usual evaluation
+      transform, Resize + CenterCrop);
+    * ``"squash"``: scale each side to ``size``: everything is kept, a non-square picture is distorted;
+    * ``"pad"``: scale the longer side to ``size`` and pad the rest with black: everything is kept, undistorted,
+      on black borders.
+    """
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    if mode == "squash":
+        return image.resize((size, size), Image.BILINEAR)
+    scale = size / (min if mode == "crop" else max)(width, height)
+    scaled = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    if mode == "crop":
+        left, top = (scaled.width - size) // 2, (scaled.height - size) // 2
+        return scaled.crop((left, top, left + size, top + size))
+    if mode != "pad":
+        raise ValueError(f"unknown resize mode {mode!r}: choose {', '.join(RESIZE_MODES)}")
+    canvas = Image.new(scaled.mode, (size, size))
+    canvas.paste(scaled, ((size - scaled.width) // 2, (size - scaled.height) // 2))
+    return canvas
+
+
+def _decode_images(paths: Sequence[str | Path], channels: int, image_size: int | None,
+                   resize: ResizeMode = "crop") -> list[np.ndarray]:
     """Decode image files with Pillow, in order, into ``(H, W, C)`` uint8 arrays.
 
-    Converted to ``channels`` (1 = grayscale, 3 = RGB) and, when ``image_size`` is given
-    and differs, resized to ``S x S``. One thread on purpose: for small images most of
+    Each picture is turned upright first as its EXIF orientation tag says (a phone stores a portrait photo
+    as a landscape one plus a tag: without this the model would see it lying on its side), converted to
+    ``channels`` (1 = grayscale, 3 = RGB) and, when ``image_size`` is given and differs, brought to
+    ``S x S`` by :func:`fit_image` in ``resize`` mode. One thread on purpose: for small images most of
     Pillow's time per file is Python (opening, parsing headers) under the GIL, and a
     2-thread pool measured slower than this loop (2.8 s vs 1.7 s for CIFAR-10's 10,000
     test JPEGs on a 2-core machine); the disk cache makes decoding a one-time cost.
     Raises :class:`CorruptImageError` naming the first file that cannot be decoded.
     """
     mode = "L" if channels == 1 else "RGB"
-    size = (image_size, image_size) if image_size is not None else None
     arrays = []
     for path in paths:
         try:
             with Image.open(path) as img:
-                img = img.convert(mode)
-                if size is not None and img.size != size:
-                    img = img.resize(size, Image.BILINEAR)
+                img = ImageOps.exif_transpose(img).convert(mode)
+                if image_size is not None:
+                    img = fit_image(img, image_size, resize)
                 array = np.asarray(img, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
             raise CorruptImageError(
@@ -468,12 +527,12 @@ def _decode_images(paths: Sequence[str | Path], channels: int, image_size: int |
     return arrays
 
 
-def _decode_folder(folder: Path, image_size: int | None, channels: int,
-                   classes: Sequence[str] | None = None) -> tuple[Tensor, Tensor, list[str]]:
+def _decode_folder(folder: Path, image_size: int | None, channels: int, classes: Sequence[str] | None = None,
+                   resize: ResizeMode = "crop") -> tuple[Tensor, Tensor, list[str]]:
     """Decode every image of a class-per-folder tree into uint8 ``(N, C, S, S)``, through the disk cache.
 
-    Images are converted to ``channels`` (1 = grayscale, 3 = RGB) and, when
-    ``image_size`` is given and differs, resized to ``S x S``. Labels index ``classes``
+    Images are turned upright (EXIF), converted to ``channels`` (1 = grayscale, 3 = RGB) and, when
+    ``image_size`` is given and differs, brought to ``S x S`` (:func:`fit_image`, ``resize``). Labels index ``classes``
     (default: the sorted sub-folder names); images come class by class, files sorted
     by name. Returns images ``(N, C, S, S)`` uint8, labels ``(N,)`` int64, class names.
 
@@ -497,11 +556,11 @@ def _decode_folder(folder: Path, image_size: int | None, channels: int,
     if not paths:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
     resolved = folder.resolve()
-    cache = _cache_path(resolved, image_size, channels, class_names)
+    cache = _cache_path(resolved, image_size, channels, class_names, resize)
     cached = _read_cache(cache, fingerprint, class_names, len(paths), channels, image_size)
     if cached is not None:
         return cached[0], cached[1], class_names
-    arrays = _decode_images(paths, channels, image_size)
+    arrays = _decode_images(paths, channels, image_size, resize)
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         shapes = sorted((c, h, w) for h, w, c in sizes)
@@ -537,12 +596,15 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[Ten
     return images, labels, tuple(names), f"torchvision {info.torchvision_folder} at {torchvision_dir}"
 
 
-def _train_val_split(dataset: ImageTensorDataset, split: str, val_size: int | float, seed: int) -> ImageTensorDataset:
-    """Carve the ``train`` or ``val`` part out of a training pool (other splits pass through)."""
+def _train_val_split(dataset: ImageTensorDataset, split: str, val_size: int | float, seed: int,
+                     stratify: bool = False) -> ImageTensorDataset:
+    """Carve the ``train`` or ``val`` part out of a training pool (other splits pass through); ``stratify``
+    keeps every class's share in both parts (:func:`stratified_split_indices`)."""
     if split not in ("train", "val"):
         return dataset
     n_val = round(val_size * len(dataset)) if isinstance(val_size, float) else int(val_size)
-    train_idx, val_idx = split_indices(len(dataset), n_val, seed)
+    train_idx, val_idx = (stratified_split_indices(dataset.labels, n_val, seed) if stratify
+                          else split_indices(len(dataset), n_val, seed))
     return dataset.subset(train_idx if split == "train" else val_idx, split)
 
 
@@ -575,7 +637,8 @@ def _take_subset(dataset: ImageTensorDataset, subset: int | None, seed: int) -> 
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] | None = None,
                  download: bool = True, val_size: int | float = 0.1, seed: int = 0,
                  subset: int | None = None, image_size: int | None = None,
-                 channels: int | None = None, classes: Sequence[str | int] | None = None) -> ImageTensorDataset:
+                 channels: int | None = None, classes: Sequence[str | int] | None = None,
+                 resize: ResizeMode = "crop", stratify: bool = True) -> ImageTensorDataset:
     """Load a dataset split into memory.
 
     ``name``: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar10-subset``, ``cifar100``,
@@ -590,6 +653,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
     same split and subset. Images are ``(N, C, H, W)`` uint8 (``(N, 3, 32, 32)`` for CIFAR).
     ``classes`` (names or indices) keeps only those classes, relabelled in that order
     (:meth:`ImageTensorDataset.select_classes`), before the validation split and the subset.
+    ``resize`` and ``stratify`` are for ``folder:PATH`` (see :func:`load_image_folder`); a named dataset's
+    images all have its size, and its validation split is the plain seeded one.
 
     The dense dataset ``mnist-canvas`` (masks and boxes, not labels) loads with
     :func:`vitlab.data.canvas.load_canvas`.
@@ -599,7 +664,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
                          "vitlab.data.canvas.load_canvas(split, CanvasConfig(...))")
     if name.startswith("folder:"):
         return load_image_folder(name[len("folder:"):], split, image_size=image_size or 32,
-                                 channels=channels or 3, val_size=val_size, seed=seed, subset=subset, classes=classes)
+                                 channels=channels or 3, val_size=val_size, seed=seed, subset=subset, classes=classes,
+                                 resize=resize, stratify=stratify)
     key = _resolve_name(name)
     if split not in ("train", "val", "test", "train+val"):
         raise ValueError(f"unknown split {split!r}: choose 'train', 'val', 'train+val' or 'test'")
@@ -615,14 +681,19 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
 def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_size: int = 32, channels: int = 3,
                       val_size: int | float = 0.1, seed: int = 0, subset: int | None = None,
                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                      classes: Sequence[str | int] | None = None) -> ImageTensorDataset:
+                      classes: Sequence[str | int] | None = None, resize: ResizeMode = "crop",
+                      stratify: bool = True) -> ImageTensorDataset:
     """Load a class-per-folder image collection (torchvision ImageFolder layout) into memory.
 
     Split rule: if ``PATH/train`` exists, it is the training set and ``PATH/test``
     (or ``PATH/val``) the test set; ``train``/``val`` splits are then carved from
     ``PATH/train`` with a seeded ``val_size``. Otherwise ``PATH/<class>/...`` is one
-    pool, split by seed into test (20 %), and train/val from the rest.
-    Images are converted to ``channels`` and resized to ``image_size`` squared.
+    pool, split by seed into test (20 %), and train/val from the rest. With ``stratify`` (the default)
+    every split keeps each class's share (:func:`stratified_split_indices`): a small class of an
+    imbalanced folder is in every split; without it the splits are plain seeded random draws.
+    Images are turned upright as their EXIF orientation says, converted to ``channels``, and brought to
+    ``image_size`` squared by ``resize`` (:func:`fit_image`): ``"crop"`` (the default: the centre square
+    of the picture scaled to its shorter side), ``"squash"`` or ``"pad"``.
     Normalization statistics default to the ones of the training images.
 
     Decoded images are cached on disk (see :func:`cache_dir`; a change to the files is
@@ -641,12 +712,13 @@ def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_
         test_dir = next((folder / d for d in ("test", "val") if (folder / d).is_dir()), None)
         if test_dir is None:
             raise DatasetNotFoundError(f"{folder}/train exists but neither {folder}/test nor {folder}/val does")
-        train_images, train_labels, class_names = _decode_folder(folder / "train", image_size, channels)
-        test_images, test_labels, _ = _decode_folder(test_dir, image_size, channels, class_names)
+        train_images, train_labels, class_names = _decode_folder(folder / "train", image_size, channels, resize=resize)
+        test_images, test_labels, _ = _decode_folder(test_dir, image_size, channels, class_names, resize)
     else:
-        all_images, all_labels, class_names = _decode_folder(folder, image_size, channels)
+        all_images, all_labels, class_names = _decode_folder(folder, image_size, channels, resize=resize)
         n_test = max(1, round(0.2 * len(all_labels)))
-        rest, test_idx = split_indices(len(all_labels), n_test, seed)
+        rest, test_idx = (stratified_split_indices(all_labels, n_test, seed) if stratify
+                          else split_indices(len(all_labels), n_test, seed))
         train_images, train_labels = all_images[rest], all_labels[rest]
         test_images, test_labels = all_images[test_idx], all_labels[test_idx]
     if mean is None or std is None:
@@ -659,4 +731,4 @@ def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_
     dataset = ImageTensorDataset(train_images, train_labels, class_names, mean, std, name, split, source)
     if classes is not None:
         dataset = dataset.select_classes(classes)
-    return _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)
+    return _take_subset(_train_val_split(dataset, split, val_size, seed, stratify), subset, seed)

@@ -18,7 +18,7 @@ from ..analysis.plots import plot_confusion, plot_history
 from ..core.io import atomic_write
 from ..core.precision import describe_precision
 from ..core.runtime import seed_everything
-from ..data.datasets import ImageTensorDataset, load_dataset
+from ..data.datasets import ImageTensorDataset, ResizeMode, load_dataset
 from ..models.convert import adapt
 from ..models.measure import count_parameters
 from ..models.registry import create_model, get_model, model_config, model_names
@@ -81,7 +81,7 @@ class ClassifyTask(Task):
                  data_root: str | os.PathLike[str] | None = None, val_size: int | float = 0.1,
                  subset: int | None = None, test_subset: int | None = None,
                  classes: Sequence[str | int] | None = None, init: str | os.PathLike[str] | None = None,
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, resize: ResizeMode = "crop", stratify: bool = True) -> None:
         overrides = {k: v for k, v in (recipe_overrides or {}).items() if v is not None}
         if "seed" in overrides and overrides["seed"] != seed:
             raise ValueError("pass the seed as train_run(seed=...), not in the recipe: one seed fixes everything")
@@ -97,6 +97,8 @@ class ClassifyTask(Task):
         self.dataset, self.overrides, self.model_args, self.seed = dataset, overrides, dict(model_args or {}), seed
         self.data = {"root": data_root, "val_size": val_size, "seed": seed,
                      "classes": list(classes) if classes is not None else None}
+        # A folder of pictures is read with a resize mode and a split rule, recorded; a named dataset has neither.
+        self.folder = {"resize": resize, "stratify": stratify} if dataset.startswith("folder:") else {}
         self.subset, self.test_subset, self.init, self.image_size = subset, test_subset, init, image_size
         self.init_record: InitRecord | None = None
 
@@ -132,7 +134,7 @@ class ClassifyTask(Task):
 
     def _load_data(self, side: int, channels: int) -> None:
         # Folder datasets are decoded at the size the model takes (named datasets have their own size).
-        common = {**self.data, "image_size": side, "channels": channels}
+        common = {**self.data, **self.folder, "image_size": side, "channels": channels}
         self.train_set = load_dataset(self.dataset, "train", subset=self.subset, **common)
         self.val_set = load_dataset(self.dataset, "val", **common)
         self.test_set = load_dataset(self.dataset, "test", subset=self.test_subset, **common)
@@ -145,7 +147,7 @@ class ClassifyTask(Task):
     def record(self) -> RunConfig:
         data = dataset_record(self.train_set, self.val_set, self.test_set, name=self.dataset,
                               val_size=self.data["val_size"], subset=self.subset, test_subset=self.test_subset,
-                              class_subset=self.data["classes"])
+                              class_subset=self.data["classes"], **self.folder)
         return RunConfig(model=ModelRecord(**model_spec(self.model_name, self.net)), dataset=data,
                          train=self.config.to_dict(), init=self.init_record)
 
@@ -192,7 +194,8 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
               classes: Sequence[str | int] | None = None, init: str | os.PathLike[str] | None = None,
               image_size: int | None = None, time_budget: float | None = None, resume: bool = False,
               device: str | torch.device | None = None, progress: bool = True, verbose: bool = True,
-              command: str | None = None, experiment: str | None = None) -> Run:
+              command: str | None = None, experiment: str | None = None, resize: ResizeMode = "crop",
+              stratify: bool = True) -> Run:
     """Train a registered model on a dataset, evaluate it on the test split, and return its :class:`Run`.
 
     ``model``: a registered name (:func:`vitlab.models.registry.model_names`; register a new architecture with
@@ -207,7 +210,8 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
 
     ``classes`` (names or indices) trains on those classes of the dataset only (relabelled in that order).
     ``experiment`` names the comparison the run belongs to (recorded in ``config.json``; the report
-    gives each experiment its own section).
+    gives each experiment its own section). ``resize`` and ``stratify`` are how a ``folder:PATH`` dataset is
+    read (:func:`vitlab.data.load_image_folder`), recorded so that the run reloads exactly its own data.
 
     Fine-tuning: ``init`` is a run folder or any pretrained spec (:func:`vitlab.runfolder.load_model`:
     a weights file, ``timm:NAME``, ...); the architecture and weights come from it (``model`` is then ``None``),
@@ -220,6 +224,6 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     """
     task = ClassifyTask(model, dataset, recipe_overrides=recipe, model_args=model_args, seed=seed,
                         data_root=data_root, val_size=val_size, subset=subset, test_subset=test_subset,
-                        classes=classes, init=init, image_size=image_size)
+                        classes=classes, init=init, image_size=image_size, resize=resize, stratify=stratify)
     return drive(task, out, resume=resume, time_budget=time_budget, device=device, progress=progress,
                  verbose=verbose, command=command, experiment=experiment)

@@ -219,10 +219,13 @@ class Run:
         own = _same_name(dataset_name, data.name)
         side = fields.get("input_size") or fields.get("image_size")  # the size of the images the model takes
         recorded_subset = {"train": data.subset, "test": data.test_subset}.get(split)
+        # A folder dataset is read as it was: its resize mode and split rule (runs recorded before these existed
+        # squashed their pictures and split at random).
+        folder = {"resize": data.resize or "squash", "stratify": bool(data.stratify)} if own else {}
         dataset = load_dataset(dataset_name, split, root=root, val_size=data.val_size,
                                subset=subset if subset is not None or not own else recorded_subset,
-                               seed=record.seed, image_size=side,
-                               channels=fields.get("in_channels"), classes=data.class_subset if own else None)
+                               seed=record.seed, image_size=side, channels=fields.get("in_channels"),
+                               classes=data.class_subset if own else None, **folder)
         if name is None and subset is None and not self.is_own_data(dataset):
             raise RunError(f"{self.path} was made with {getattr(data, f'{split}_n', None)} {split} images of "
                            f"{data.name} ({data.source or 'source not recorded'}), but {len(dataset)} load now from "
