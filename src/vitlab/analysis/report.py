@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import json
 import platform
 import re
 import shutil
@@ -31,10 +32,11 @@ import mistune
 import torch
 
 from ..core.io import atomic_write, repository_candidates
-from ..models.registry import family_class
+from ..models.registry import family_class, get_model
 from ..runfolder.run import Run, RunError
 from ..runfolder.schema import RunConfig, source_kind
 from .plots import plot_per_class
+from .robustness import mean_corruption_error
 
 __all__ = ["load_runs", "recorded_runs", "build_report"]
 
@@ -500,23 +502,31 @@ def _dino_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
 
 
 def _few_label_lines(runs: list[dict[str, Any]], out: Path) -> list[str]:
-    """Fine-tuning a DINO backbone with few labels vs the same model from scratch, same epochs."""
+    """Fine-tuning a DINO backbone with few labels vs the same model from scratch: mean ± std over seeds."""
+    lrs = {(run["record"].init is not None, run["config"]["train"]["lr"]) for run in runs}
+    same_recipe = len({lr for _, lr in lrs}) == 1
+    steps = {int(sum(row["train_samples"] for row in run["history"]) // run["config"]["train"]["batch_size"])
+             for run in runs if run["history"]}
     md = ["#### Few labels: fine-tuning the DINO backbone vs training from scratch", "",
-          "Both start from the same architecture and train for the same number of epochs on the same labelled "
-          "subset; the DINO runs start from the pretrained teacher backbone (`--init`) with the fine-tuning "
-          "recipe, the scratch runs from a random initialization with the model's own recipe.", "",
-          "| dataset | labelled images | from scratch | DINO + fine-tune | difference | epochs |",
+          "Both start from the same architecture and train on the same labelled subset; the DINO runs start from "
+          "the pretrained teacher backbone (`--init`). "
+          + (f"Both starts use one recipe (learning rate {next(iter(lrs))[1]:g})" if same_recipe
+             else "Each start uses its own recipe (learning rates " + ", ".join(sorted(f"{lr:g}" for _, lr in lrs))
+             + ")")
+          + (f" and the same {next(iter(steps)):,} optimizer steps." if len(steps) == 1 else "."), "",
+          "| dataset | labelled images | from scratch | DINO + fine-tune | difference | seeds |",
           "|---|---:|---:|---:|---:|---:|"]
-    cells: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    cells: dict[tuple[str, int], dict[str, list[float]]] = {}
     for run in runs:
         kind = "dino" if run["record"].init is not None else "scratch"
-        cells.setdefault((run["metrics"]["dataset"], _train_n(run) or 0), {})[kind] = run
+        cell = cells.setdefault((run["metrics"]["dataset"], _train_n(run) or 0), {})
+        cell.setdefault(kind, []).append(100 * run["metrics"]["test_accuracy"])
     for (dataset, n), pair in sorted(cells.items()):
-        acc = {k: 100 * r["metrics"]["test_accuracy"] for k, r in pair.items()}
-        diff = f"{acc['dino'] - acc['scratch']:+.2f}" if len(acc) == 2 else "–"
-        epochs = "/".join(str(r["metrics"]["epochs"]) for r in pair.values())
-        scratch, dino = (f"{acc[k]:.2f} %" if k in acc else "–" for k in ("scratch", "dino"))
-        md.append(f"| {dataset} | {n:,} | {scratch} | {dino} | {diff} | {epochs} |")
+        stats = {k: _mean_std(v) for k, v in pair.items()}
+        diff = f"{stats['dino'][0] - stats['scratch'][0]:+.2f}" if len(stats) == 2 else "–"
+        scratch, dino = (f"{stats[k][0]:.2f} ± {stats[k][1]:.2f} %" if k in stats else "–" for k in ("scratch", "dino"))
+        seeds = "/".join(str(len(v)) for v in pair.values())
+        md.append(f"| {dataset} | {n:,} | {scratch} | {dino} | {diff} | {seeds} |")
     md += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['metrics'].get('command', '?')}`"
                                    for r in sorted(runs, key=lambda r: r["name"])]
     return md + [""]
@@ -676,8 +686,169 @@ def _dense_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
     return md + [""]
 
 
-def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results") -> Path:
-    """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders; returns the .md path."""
+#: CIFAR-10 test accuracies the literature reports for the registered CIFAR models, each with its paper's own
+#: full schedule (ResNets: 164 epochs of SGD; CCT: 300 epochs with AutoAugment and CutMix/Mixup), drawn as
+#: reference lines beside our budgeted runs. Sources: He et al. 2016 (arXiv:1512.03385), table 6; Hassani et al.
+#: 2021 (arXiv:2104.05704), table 2.
+PUBLISHED_CIFAR10: dict[str, tuple[float, str]] = {
+    "resnet20": (91.25, "He et al. 2016"), "resnet56": (93.03, "He et al. 2016"),
+    "cct_2_3x2": (89.75, "Hassani et al. 2021"), "cct_4_3x2": (91.97, "Hassani et al. 2021"),
+    "cct_6_3x2": (93.56, "Hassani et al. 2021")}
+
+
+def _budget_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Classification runs on the full CIFAR-10 training set (45,000 images) trained to a wall-clock budget."""
+    return [r for r in runs if r["metrics"]["dataset"] == "cifar10" and r["metrics"].get("time_budget_s")
+            and _train_n(r) == 45000 and not _is_transfer(r) and not _is_dense(r)
+            and "train" in r["config"] and r["record"].init is None
+            and r["config"]["train"].get("distill", "none") == "none"]
+
+
+def _budget_label(run: dict[str, Any]) -> str:
+    """``model (augmentation)``, plus the learning rate where the run changed its registered recipe's."""
+    train = run["config"]["train"]
+    registered_lr = float(get_model(run["metrics"]["model"]).recipe.get("lr", 1e-3))
+    extra = f", lr {train['lr']:g}" if train["lr"] != registered_lr else ""
+    return f"{run['metrics']['model']} ({train['augment']}{extra})"
+
+
+def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """Test accuracy against the wall-clock budget on the full CIFAR-10, per model and recipe, beside the
+    published numbers of the literature's CIFAR models, and where (if anywhere) a transformer catches up."""
+    cells: dict[str, dict[float, list[float]]] = {}
+    transformer: dict[str, bool] = {}
+    for run in runs:
+        label = _budget_label(run)
+        cells.setdefault(label, {}).setdefault(run["metrics"]["time_budget_s"] / 60, []).append(
+            100 * run["metrics"]["test_accuracy"])
+        transformer[label] = _is_transformer(run)
+    budgets = sorted({b for by_budget in cells.values() for b in by_budget})
+    devices = sorted({r["metrics"].get("device", "?") for r in runs})
+    md = ["## Time to accuracy on CIFAR-10", "",
+          f"Every run trained on the full CIFAR-10 (45,000 images) to a wall-clock budget, on {', '.join(devices)}; "
+          "the number of epochs was planned from the step time measured at the start of each run. Cells give "
+          "the test accuracy (mean ± std where there are several seeds; the count in brackets).", "",
+          "| model (augmentation) | " + " | ".join(f"{b:g} min" for b in budgets) + " | published (full schedule) |",
+          "|---|" + "---:|" * (len(budgets) + 1)]
+    for label, by_budget in sorted(cells.items()):
+        row = []
+        for b in budgets:
+            if b not in by_budget:
+                row.append("–")
+                continue
+            mean, std = _mean_std(by_budget[b])
+            row.append(f"{mean:.2f} %" + (f" ± {std:.2f} ({len(by_budget[b])})" if len(by_budget[b]) > 1 else ""))
+        model = label.split(" ")[0]
+        published = f"{PUBLISHED_CIFAR10[model][0]:.2f} % ({PUBLISHED_CIFAR10[model][1]})" \
+            if model in PUBLISHED_CIFAR10 else "–"
+        md.append(f"| {label} | " + " | ".join(row) + f" | {published} |")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, (label, by_budget) in enumerate(sorted(cells.items())):
+        xs = sorted(by_budget)
+        means = [_mean_std(by_budget[x])[0] for x in xs]
+        ax.plot(xs, means, "-o" if transformer[label] else "-s", color=f"C{i}", label=label)
+        model = label.split(" ")[0]
+        if model in PUBLISHED_CIFAR10:
+            ax.axhline(PUBLISHED_CIFAR10[model][0], color=f"C{i}", linestyle=":", linewidth=1)
+    ax.set(xscale="log", xlabel="training budget (minutes, log scale)", ylabel="test accuracy (%)",
+           title="CIFAR-10: accuracy against training time (dotted: published, full schedule)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    md += ["", f"![CIFAR-10 time to accuracy]({_save_figure(fig, out, 'figures/cifar10-time-to-accuracy.png')})", "",
+           "**What the numbers say**", ""]
+    crossed = None
+    for b in budgets:
+        best = {kind: max(((_mean_std(v[b])[0], label) for label, v in cells.items()
+                           if b in v and transformer[label] == kind), default=None) for kind in (True, False)}
+        if best[True] and best[False]:
+            md.append(f"- {b:g} min: best transformer {best[True][1]} {best[True][0]:.2f} %, best CNN {best[False][1]} "
+                      f"{best[False][0]:.2f} % ({best[True][0] - best[False][0]:+.2f} points).")
+            if crossed is None and best[True][0] >= best[False][0]:
+                crossed = b
+    compared = [b for b in budgets if sum(b in v for v in cells.values()) > 1]
+    md.append(f"- The best transformer first matches the best CNN at {crossed:g} min." if crossed is not None else
+              "- No budget measured here where a transformer matches the best CNN"
+              + (f" ({', '.join(f'{b:g}' for b in compared)} min compared)." if compared else "."))
+    return md + [""]
+
+
+def _robustness_records(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``robustness.json`` records (``vitlab robustness``) in ``folder``, by dataset and by model group
+    (the file name without its trailing ``-s<seed>``: the seeds of one trained pair)."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        group = re.sub(r"-s\d+$", "", path.stem)
+        groups.setdefault(record["dataset"], {}).setdefault(group, []).append(record)
+    return groups
+
+
+#: The curves the robustness section summarises: (test, curve, column title).
+ROBUSTNESS_COLUMNS = (("occlusion", "random-pixels", "occlusion (pixels)"),
+                      ("occlusion", "random-tokens", "occlusion (tokens)"), ("shuffle", "shuffle", "shuffle"),
+                      ("corruptions", "mean", "corruptions (mean)"), ("adversarial", "fgsm", "FGSM"),
+                      ("adversarial", "pgd", "PGD"), ("translation", "pad", "translation (pad)"))
+
+
+def _robustness_section(folder: Path, out: Path) -> list[str]:
+    """Accuracy under occlusion, shuffling, corruptions, attacks and shifts: the area under each
+    accuracy-vs-level curve (mean ± std over seeds), mCE against the dataset's CNN, and one figure per dataset."""
+    datasets = _robustness_records(folder)
+    if not datasets:
+        return []
+    md = ["## Robustness: ViTs against CNNs", "",
+          "`vitlab robustness RUN` on each model (every model sees the same seeded test images and the same damage; "
+          "the records are in `reports/robustness/`). Each cell is the area under the accuracy-vs-level curve "
+          "(levels on their own scale, normalised to [0, 1]: the mean accuracy over the range), in %, mean ± std "
+          "over training seeds where a pair was trained more than once. Higher is more robust; read it beside the "
+          "clean accuracy.", ""]
+    for dataset, groups in datasets.items():
+        reference = next((g for g, recs in groups.items() if recs[0]["family"] == "cnn"), None)
+        md += [f"### {dataset}", "", "| model | seeds | images | clean | "
+               + " | ".join(c[2] for c in ROBUSTNESS_COLUMNS) + " | mCE vs " + (reference or "–") + " |",
+               "|---|---:|---:|---:|" + "---:|" * (len(ROBUSTNESS_COLUMNS) + 1)]
+        for group, records in groups.items():
+            clean = _mean_std([100 * r["clean_accuracy"] for r in records])
+            cells = []
+            for test, curve, _ in ROBUSTNESS_COLUMNS:
+                values = [100 * r["tests"][test]["curves"][curve]["auc"] for r in records
+                          if test in r["tests"] and curve in r["tests"][test]["curves"]]
+                mean, std = _mean_std(values) if values else (None, 0.0)
+                cells.append("–" if mean is None else f"{mean:.1f}" + (f" ± {std:.1f}" if len(values) > 1 else ""))
+            mce = "–"
+            if reference and all("corruptions" in r["tests"] for r in records + groups[reference]):
+                values = [100 * mean_corruption_error(r, ref)["mce"] for r, ref in zip(records, groups[reference])]
+                mce = f"{_mean_std(values)[0]:.1f}"
+            md.append(f"| {group} | {len(records)} | {records[0]['n']:,} | {clean[0]:.2f} % | " + " | ".join(cells)
+                      + f" | {mce} |")
+        fig, axes = plt.subplots(1, 5, figsize=(18, 3.6))
+        panels = (("occlusion", "random-pixels"), ("shuffle", "shuffle"), ("corruptions", "mean"),
+                  ("adversarial", "pgd"), ("translation", "pad"))
+        for ax, (test, curve) in zip(axes, panels):
+            for i, (group, records) in enumerate(groups.items()):
+                usable = [r for r in records if test in r["tests"]]
+                if not usable:
+                    continue
+                levels = usable[0]["tests"][test]["levels"]
+                accuracy = [100 * sum(r["tests"][test]["curves"][curve]["accuracy"][k] for r in usable) / len(usable)
+                            for k in range(len(levels))]
+                ax.plot(levels, accuracy, "-o", markersize=3, color=f"C{i}", label=group)
+                ax.set(xlabel=usable[0]["tests"][test]["level"], title=f"{test}: {curve}")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{dataset}: accuracy under damage (mean over seeds)")
+        fig.tight_layout()
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
+        md += ["", f"![{dataset} robustness]({_save_figure(fig, out, f'figures/{slug}-robustness.png')})", ""]
+    return md
+
+
+def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", title: str = "vitlab results",
+                 robustness: str | Path | None = None) -> Path:
+    """Write ``out/REPORT.md`` and ``out/REPORT.html`` from the given run folders (and the ``robustness.json``
+    records in ``robustness``, default ``out/robustness``); returns the .md path."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     runs = load_runs(run_paths)
@@ -761,6 +932,10 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         md += _self_distillation_section(self_distillation, out)
     if dense:
         md += _dense_section(dense, out)
+    budgeted = _budget_runs(runs)
+    if len({r["metrics"]["model"] for r in budgeted}) > 1:
+        md += _time_to_accuracy_section(budgeted, out)
+    md += _robustness_section(Path(robustness) if robustness is not None else out / "robustness", out)
     md += ["## Reproducing", "",
            "Each command above recreates its run folder (same seed, same machine type: same numbers up to "
            "timing-dependent epoch counts for budgeted runs). Then `vitlab report <run folders> --out reports` "
