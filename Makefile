@@ -264,3 +264,10 @@ dense: $(STAMP)
 	$(BIN)/python -m vitlab train --task detect --model yolos_canvas --out runs/dense-det-yolos $(DENSE_FLAGS)
 	$(BIN)/python -m vitlab train --task detect --model yolos_canvas --init weights/vit_mnist \
 		--out runs/dense-det-yolos-init $(DENSE_FLAGS)
+
+# The robustness study (issue 25; about 20 minutes on a 2-core CPU once its runs exist): vitlab robustness on
+# vit_mnist vs simple_cnn (make efficiency's 54,000-image runs, seeds 0-1), the shipped DeiT and Swin, and the
+# 30-minute CIFAR-10 ViT vs ResNet-20 (make crossover); records in reports/robustness/ (tools/robustness_study.py).
+.PHONY: robustness
+robustness: $(STAMP)
+	$(BIN)/python -m tools.robustness_study

@@ -837,7 +837,9 @@ def _robustness_section(folder: Path, out: Path) -> list[str]:
                 ax.set(xlabel=usable[0]["tests"][test]["level"], title=f"{test}: {curve}")
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
+        legend_axis = next((ax for ax in axes if ax.get_legend_handles_labels()[0]), None)
+        if legend_axis is not None:
+            legend_axis.legend(fontsize=7)
         fig.suptitle(f"{dataset}: accuracy under damage (mean over seeds)")
         fig.tight_layout()
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)

@@ -38,9 +38,9 @@ class CNNConfig(Config):
 
 
 class SimpleCNN(nn.Module):
-    """Two conv blocks and a linear head: the classic small MNIST network.
+    """Three conv blocks (conv 3x3 + BatchNorm + ReLU) and a linear head: the classic small MNIST network.
 
-    ``(N, C, H, W) -> conv 3x3 32 -> pool -> conv 3x3 64 -> pool -> (N, 64, H/4, W/4)``
+    ``(N, C, H, W) -> conv 32 -> pool -> conv 64 -> pool -> conv 128 -> (N, 128, H/4, W/4)``
     ``-> global average -> linear -> (N, classes)``.
     """
 

@@ -1,0 +1,70 @@
+"""The report's time-to-accuracy and robustness sections compute their claims from the runs and records."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitlab.analysis.report import PUBLISHED_CIFAR10, _robustness_section, _time_to_accuracy_section
+from vitlab.models.registry import get_model
+
+
+def budget_run(model: str, family: str, minutes: float, accuracy: float, augment: str = "cifar") -> dict:
+    return {"name": f"{model}-{minutes}", "metrics": {"model": model, "time_budget_s": 60 * minutes,
+                                                       "test_accuracy": accuracy, "device": "cpu"},
+            "config": {"model": {"family": family}, "train": {"lr": {"resnet20": 0.1}.get(model, 1e-3),
+                                                             "augment": augment}}}
+
+
+def test_time_to_accuracy_finds_the_first_budget_where_a_transformer_matches_the_cnn(tmp_path: Path) -> None:
+    runs = [budget_run("vit_cifar_small", "vit", 5, 0.50), budget_run("resnet20", "cifar_resnet", 5, 0.70),
+            budget_run("vit_cifar_small", "vit", 30, 0.80), budget_run("resnet20", "cifar_resnet", 30, 0.79)]
+    text = "\n".join(_time_to_accuracy_section(runs, tmp_path))
+    assert "first matches the best CNN at 30 min" in text
+    assert "5 min: best transformer vit_cifar_small (cifar) 50.00 %, best CNN resnet20 (cifar) 70.00 % (-20.00" in text
+    assert f"{PUBLISHED_CIFAR10['resnet20'][0]:.2f} %" in text                      # the literature beside ours
+    assert (tmp_path / "figures" / "cifar10-time-to-accuracy.png").stat().st_size > 0
+
+
+def test_time_to_accuracy_says_when_no_budget_crosses(tmp_path: Path) -> None:
+    runs = [budget_run("vit_cifar_small", "vit", 5, 0.50), budget_run("resnet20", "cifar_resnet", 5, 0.70),
+            budget_run("vit_cifar_small", "vit", 5, 0.54)]                         # two seeds: mean ± std
+    text = "\n".join(_time_to_accuracy_section(runs, tmp_path))
+    assert "No budget measured here where a transformer matches the best CNN (5 min compared)" in text
+    assert "52.00 % ± 2.83 (2)" in text
+
+
+def record(dataset: str, family: str, clean: float, pgd: list[float], corruption: list[float]) -> dict:
+    curve = lambda acc: {"accuracy": acc, "auc": sum(acc) / len(acc)}  # noqa: E731 - a tiny fixture helper
+    return {"dataset": dataset, "family": family, "clean_accuracy": clean, "n": 100,
+            "tests": {"adversarial": {"level": "eps", "levels": [0.0, 0.1], "curves": {"pgd": curve(pgd)}},
+                      "corruptions": {"level": "severity", "levels": [1, 2],
+                                      "curves": {"noise": curve(corruption), "mean": curve(corruption)}}}}
+
+
+def test_robustness_section_averages_seeds_and_scores_mce_against_the_cnn(tmp_path: Path) -> None:
+    folder = tmp_path / "robustness"
+    folder.mkdir()
+    records = {"mnist-cnn-s0": record("mnist", "cnn", 0.99, [0.99, 0.20], [0.9, 0.8]),
+               "mnist-cnn-s1": record("mnist", "cnn", 0.99, [0.99, 0.40], [0.9, 0.8]),
+               "mnist-vit-s0": record("mnist", "vit", 0.97, [0.97, 0.10], [0.8, 0.6]),
+               "mnist-vit-s1": record("mnist", "vit", 0.97, [0.97, 0.10], [0.8, 0.6])}
+    for name, content in records.items():
+        (folder / f"{name}.json").write_text(json.dumps(content))
+    lines = _robustness_section(folder, tmp_path)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| mnist-")}
+    assert set(rows) == {"mnist-cnn", "mnist-vit"}
+    assert "| 2 | 100 | 99.00 % |" in rows["mnist-cnn"] and "64.5 ± 7.1" in rows["mnist-cnn"]   # PGD AUC over seeds
+    assert rows["mnist-cnn"].endswith("| 100.0 |")                         # the reference against itself
+    # mCE: the ViT's errors (0.2 + 0.4) over the CNN's (0.1 + 0.2) = 200 %.
+    assert rows["mnist-vit"].endswith(f"| {200.0:.1f} |")
+    assert (tmp_path / "figures" / "mnist-robustness.png").stat().st_size > 0
+
+
+def test_robustness_section_is_empty_without_records(tmp_path: Path) -> None:
+    assert _robustness_section(tmp_path / "none", tmp_path) == []
+
+
+@pytest.mark.parametrize("model", sorted(PUBLISHED_CIFAR10))
+def test_published_numbers_name_registered_models(model: str) -> None:
+    assert f"{PUBLISHED_CIFAR10[model][0]:.2f} % published" in get_model(model).description
