@@ -1,5 +1,7 @@
 import pytest
 import torch
+from scipy.stats import chi2_contingency
+from torchvision.transforms import v2
 
 from vitlab.augment import get_augmentation, random_affine, random_crop, random_hflip
 
@@ -55,3 +57,29 @@ def test_cifar_strong_pipeline_runs_on_uint8_then_float():
     batch, _ = next(iter(BatchLoader(dataset, 16, augment=pipeline)))
     assert batch.shape == (16, 3, 32, 32) and batch.dtype == torch.float32
     assert not torch.allclose(batch, dataset.normalized())
+
+
+def _offsets(cropped: torch.Tensor, side: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (dy, dx) each crop of an ``arange`` image took, read from its centre pixel (always inside)."""
+    centre = cropped[:, 0, side // 2, side // 2].long()
+    return centre // side - side // 2 + padding, centre % side - side // 2 + padding
+
+
+def test_batched_crop_and_flip_match_torchvisions_per_image_distribution():
+    """The batched path (whole uint8 batches on the training device, the GPU path when the data lives on CUDA)
+    draws the same crops and flips as torchvision's per-image CPU transforms: chi-square two-sample tests on the
+    9 x 9 offsets and on the flips of 4,000 images each, on CPU tensors."""
+    side, padding, n = 16, 4, 4000
+    image = torch.arange(side * side, dtype=torch.float32).view(1, 1, side, side)
+    torch.manual_seed(0)
+    batched = random_crop(image.expand(n, -1, -1, -1).contiguous(), padding, fill=-1.0)
+    per_image = torch.cat([v2.RandomCrop(side, padding=padding, fill=-1.0)(image[0])[None] for _ in range(n)])
+    counts = []
+    for crops in (batched, per_image):
+        dy, dx = _offsets(crops, side, padding)
+        assert dy.min() >= 0 and dy.max() <= 2 * padding and dx.min() >= 0 and dx.max() <= 2 * padding
+        counts.append(torch.bincount(dy * (2 * padding + 1) + dx, minlength=(2 * padding + 1) ** 2).tolist())
+    assert chi2_contingency(counts).pvalue > 1e-3
+    flipped = [(random_hflip(image.expand(n, -1, -1, -1))[:, 0, 0, 0] != 0).sum().item(),
+               sum(int(v2.RandomHorizontalFlip()(image[0])[0, 0, 0] != 0) for _ in range(n))]
+    assert chi2_contingency([[f, n - f] for f in flipped]).pvalue > 1e-3
