@@ -52,6 +52,15 @@ def test_landing_page_lists_lessons_by_part_and_requires_the_marker():
         build_site.landing_page("# no marker\n", lessons)
 
 
+def test_lesson_links_to_guide_pages_point_at_the_site_pages():
+    nb = build_site.nbformat.v4.new_notebook()
+    nb.cells = [build_site.nbformat.v4.new_markdown_cell("See the [notation](../docs/notation.md#the-model)."),
+                build_site.nbformat.v4.new_code_cell("# [not a link](../docs/notation.md)")]
+    build_site.link_guides(nb)
+    assert nb.cells[0].source == "See the [notation](../notation.md#the-model)."
+    assert nb.cells[1].source == "# [not a link](../docs/notation.md)"
+
+
 def test_summary_drops_markdown_links():
     nb = build_site.nbformat.v4.new_notebook()
     nb.cells = [build_site.nbformat.v4.new_markdown_cell("# Lesson 99 · X\n\nAfter [lesson 11](11_x.ipynb) we "

@@ -53,7 +53,7 @@ PART_TITLES = ("Part I · a ViT from scratch", "Part II · beyond the basic ViT"
 GUIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Using the course", ("instructors", "cli", "datasets")),
     ("Results", ("results", "findings", "reproducing", "precision", "bench", "limits")),
-    ("Reference", ("package", "api", "developing")),
+    ("Reference", ("notation", "package", "api", "developing")),
 )
 HELP_MARKER = re.compile(r"^<!-- help: ([\w-]+) -->$", re.M)   # docs/cli.md: where a sub-command's --help goes
 TARGETS_MARKER = "<!-- make-targets -->"                       # docs/reproducing.md: where the targets go
@@ -89,6 +89,14 @@ def hide_solutions(nb: nbformat.NotebookNode) -> int:
             cell.metadata["tags"] = [*tags, "hide-cell"] if "hide-cell" not in tags else tags
             hidden += 1
     return hidden
+
+
+def link_guides(nb: nbformat.NotebookNode) -> None:
+    """A lesson's links to a guide page, ``../docs/NAME.md`` from ``notebooks/`` (right in JupyterLab and on
+    GitHub), pointed at the site's ``../NAME.md`` (the lessons are staged in ``lessons/``, the guides at the top)."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = re.sub(r"\]\(\.\./docs/([\w-]+\.md)", r"](../\1", cell.source)
 
 
 _NAVIGATION = re.compile(r"^[*_]*(Previous|Next)\s*:", re.I)   # "*Previous: [Lesson 11 ...](...).*"
@@ -373,6 +381,7 @@ def build(out: Path, stage: Path, notebooks: list[Path], execute_spec: list[str]
             execute(nb, path, timeout)
         replace_widgets(nb)
         hidden = hide_solutions(nb)
+        link_guides(nb)
         nbformat.write(nb, stage / "lessons" / path.name)
         title, summary = title_and_summary(nb)
         lessons.append((path, title, summary))
