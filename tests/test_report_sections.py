@@ -21,7 +21,7 @@ def test_time_to_accuracy_finds_the_first_budget_where_a_transformer_matches_the
             budget_run("vit_cifar_small", "vit", 30, 0.80), budget_run("resnet20", "cifar_resnet", 30, 0.79)]
     text = "\n".join(_time_to_accuracy_section(runs, tmp_path))
     assert "first matches the best CNN at 30 min" in text
-    assert "5 min: best transformer vit_cifar_small (cifar) 50.00 %, best CNN resnet20 (cifar) 70.00 % (-20.00" in text
+    assert "5 min: best transformer vit_cifar_small (cifar, fp32) 50.00 %, best CNN resnet20 (cifar, fp32) 70.00 % (-20.00" in text
     assert f"{PUBLISHED_CIFAR10['resnet20'][0]:.2f} %" in text                      # the literature beside ours
     assert (tmp_path / "figures" / "cifar10-time-to-accuracy.png").stat().st_size > 0
 

@@ -709,7 +709,9 @@ def _budget_label(run: dict[str, Any]) -> str:
     train = run["config"]["train"]
     registered_lr = float(get_model(run["metrics"]["model"]).recipe.get("lr", 1e-3))
     extra = f", lr {train['lr']:g}" if train["lr"] != registered_lr else ""
-    return f"{run['metrics']['model']} ({train['augment']}{extra})"
+    # Runs made in another precision were made on another machine class (bf16 needs AMX or a GPU): own rows.
+    precision = (run["metrics"].get("precision") or "fp32").split(" ")[0]
+    return f"{run['metrics']['model']} ({train['augment']}{extra}, {precision})"
 
 
 def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
@@ -727,7 +729,9 @@ def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str
     md = ["## Time to accuracy on CIFAR-10", "",
           f"Every run trained on the full CIFAR-10 (45,000 images) to a wall-clock budget, on {', '.join(devices)}; "
           "the number of epochs was planned from the step time measured at the start of each run. Cells give "
-          "the test accuracy (mean ± std where there are several seeds; the count in brackets).", "",
+          "the test accuracy (mean ± std where there are several seeds; the count in brackets). Rows differ by "
+          "precision where the runs were made on different machines (bf16: a CPU with AMX; fp32 runs of earlier "
+          "experiments: a CPU without it), so read a budget across rows of one precision.", "",
           "| model (augmentation) | " + " | ".join(f"{b:g} min" for b in budgets) + " | published (full schedule) |",
           "|---|" + "---:|" * (len(budgets) + 1)]
     for label, by_budget in sorted(cells.items()):
