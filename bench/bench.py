@@ -51,7 +51,8 @@ from torch import nn
 
 import vitlab
 from vitlab.core.precision import autocast_context, fast_bf16, resolve_precision
-from vitlab.engine.train import TrainConfig, train_step
+from vitlab.engine.train import TrainConfig, label_criterion, train_step
+from vitlab.models.losses import Criterion
 from vitlab.models.measure import count_flops
 from vitlab.models.registry import create_model, get_model, model_names
 
@@ -98,10 +99,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: nn.Module, config: Any, task: str, batch: int, device: torch.device, precision: str
-              ) -> tuple[Callable[[], None], Callable[[], None]]:
+def make_step(model: nn.Module, config: Any, task: str, batch: int, device: torch.device, precision: str,
+              criterion: Criterion | None = None) -> tuple[Callable[[], None], Callable[[], None]]:
     """(one training step, one inference batch) closures on fixed random data of ``config``'s input size
-    (``config``: the vitlab preset's; timm's twin takes the same data)."""
+    (``config``: the vitlab preset's; timm's twin takes the same data and, through ``criterion``, the vitlab
+    preset's loss: a distilled twin's two training heads need DeiT's, not plain cross-entropy)."""
     size, channels = config.image_size, config.in_channels
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, channels, size, size, generator=generator).to(device)
@@ -112,7 +114,7 @@ def make_step(model: nn.Module, config: Any, task: str, batch: int, device: torc
         labels = torch.randint(0, config.num_classes, (batch,), generator=generator).to(device)
 
         def train() -> None:
-            train_step(model, images, labels, optimizer, BENCH_RECIPE, autocast)
+            train_step(model, images, labels, optimizer, BENCH_RECIPE, autocast, criterion=criterion)
     else:
         from vitlab.engine.dense import dense_step
         from vitlab.models.detection import SetCriterion
@@ -211,8 +213,10 @@ def bench_preset(name: str, device: torch.device, precisions: list[str], args: a
     shape = (config.in_channels, config.image_size, config.image_size)
     flops = {impl: count_flops(m, shape) for impl, m in models.items()}
     rows = []
+    criterion = label_criterion(models["vitlab"], BENCH_RECIPE.label_smoothing) if entry.task == "classify" else None
     for precision in precisions:
-        steps = {impl: make_step(m, config, entry.task, args.batch, device, precision) for impl, m in models.items()}
+        steps = {impl: make_step(m, config, entry.task, args.batch, device, precision, criterion)
+                 for impl, m in models.items()}
         train = measure({impl: s[0] for impl, s in steps.items()}, args.batch, device, args.budget, args.repeats,
                         args.window)
         infer = measure({impl: s[1] for impl, s in steps.items()}, 2 * args.batch, device, args.budget,

@@ -45,8 +45,8 @@ def record(dataset: str, family: str, clean: float, pgd: list[float], corruption
 def test_robustness_section_averages_seeds_and_scores_mce_against_the_cnn(tmp_path: Path) -> None:
     folder = tmp_path / "robustness"
     folder.mkdir()
-    records = {"mnist-cnn-s0": record("mnist", "cnn", 0.99, [0.99, 0.20], [0.9, 0.8]),
-               "mnist-cnn-s1": record("mnist", "cnn", 0.99, [0.99, 0.40], [0.9, 0.8]),
+    records = {"mnist-cnn-s0": record("mnist", "cifar_resnet", 0.99, [0.99, 0.20], [0.9, 0.8]),
+               "mnist-cnn-s1": record("mnist", "cifar_resnet", 0.99, [0.99, 0.40], [0.9, 0.8]),
                "mnist-vit-s0": record("mnist", "vit", 0.97, [0.97, 0.10], [0.8, 0.6]),
                "mnist-vit-s1": record("mnist", "vit", 0.97, [0.97, 0.10], [0.8, 0.6])}
     for name, content in records.items():

@@ -806,9 +806,12 @@ def _robustness_section(folder: Path, out: Path) -> list[str]:
           "the records are in `reports/robustness/`). Each cell is the area under the accuracy-vs-level curve "
           "(levels on their own scale, normalised to [0, 1]: the mean accuracy over the range), in %, mean ± std "
           "over training seeds where a pair was trained more than once. Higher is more robust; read it beside the "
-          "clean accuracy.", ""]
+          "clean accuracy. mCE: the mean over corruptions of each one's summed errors over the reference CNN's "
+          "(Hendrycks & Dietterich), in %; an unweighted mean of ratios, so one corruption the reference "
+          "barely notices can dominate it.", ""]
     for dataset, groups in datasets.items():
-        reference = next((g for g, recs in groups.items() if recs[0]["family"] == "cnn"), None)
+        reference = next((g for g, recs in groups.items()
+                          if not _is_transformer({"config": {"model": {"family": recs[0]["family"]}}})), None)
         md += [f"### {dataset}", "", "| model | seeds | images | clean | "
                + " | ".join(c[2] for c in ROBUSTNESS_COLUMNS) + " | mCE vs " + (reference or "–") + " |",
                "|---|---:|---:|---:|" + "---:|" * (len(ROBUSTNESS_COLUMNS) + 1)]
