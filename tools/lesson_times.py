@@ -1,8 +1,10 @@
-"""pytest hooks for the lessons run by nbval (``make test``): the time each lesson took, printed at the end.
+"""A pytest plugin for the lessons run by nbval (``make test`` loads it with ``-p tools.lesson_times``): the
+time each lesson took, printed at the end.
 
 The course promises that every lesson's quick mode runs well under 90 s on a 2-core CPU; this table is
 where that is measured (and where the instructors' page takes its quick-mode times from). A lesson over
-the line is marked, not failed: machines differ in speed (see the developers' guide).
+the line is marked, not failed: machines differ in speed (see the developers' guide). A plugin rather than a
+``notebooks/conftest.py``: a second module named ``conftest`` would shadow the tests' own.
 """
 
 from __future__ import annotations
