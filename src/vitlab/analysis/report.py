@@ -148,14 +148,19 @@ def _distillation_lines(group: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _is_transformer(run: dict[str, Any]) -> bool:
-    """Whether the run's model family is a transformer (its registered class says ``is_transformer``,
-    else whether it has attention maps)."""
+def _is_transformer_family(family: str) -> bool:
+    """Whether a model family is a transformer (its registered class says ``is_transformer``, else whether it
+    has attention maps); a family this installation does not know is not."""
     try:
-        cls = family_class(run["config"]["model"]["family"])
+        cls = family_class(family)
         return bool(getattr(cls, "is_transformer", cls.has_attention_maps))
-    except ValueError:  # a family this installation does not know
+    except ValueError:
         return False
+
+
+def _is_transformer(run: dict[str, Any]) -> bool:
+    """Whether the run's model family is a transformer (:func:`_is_transformer_family`)."""
+    return _is_transformer_family(run["config"]["model"]["family"])
 
 
 def _fmt_time(seconds: float) -> str:
@@ -810,8 +815,7 @@ def _robustness_section(folder: Path, out: Path) -> list[str]:
           "(Hendrycks & Dietterich), in %; an unweighted mean of ratios, so one corruption the reference "
           "barely notices can dominate it.", ""]
     for dataset, groups in datasets.items():
-        reference = next((g for g, recs in groups.items()
-                          if not _is_transformer({"config": {"model": {"family": recs[0]["family"]}}})), None)
+        reference = next((g for g, recs in groups.items() if not _is_transformer_family(recs[0]["family"])), None)
         md += [f"### {dataset}", "", "| model | seeds | images | clean | "
                + " | ".join(c[2] for c in ROBUSTNESS_COLUMNS) + " | mCE vs " + (reference or "–") + " |",
                "|---|---:|---:|---:|" + "---:|" * (len(ROBUSTNESS_COLUMNS) + 1)]

@@ -207,6 +207,12 @@ def stratified_split_indices(labels: Tensor, val_size: int, seed: int) -> tuple[
     return keep.nonzero().flatten(), val
 
 
+def _seeded_split(labels: Tensor, size: int, seed: int, stratify: bool) -> tuple[Tensor, Tensor]:
+    """``(rest, part)`` index tensors: :func:`stratified_split_indices` or, without ``stratify``,
+    :func:`split_indices` (one place decides which, for the test split and the validation split alike)."""
+    return stratified_split_indices(labels, size, seed) if stratify else split_indices(len(labels), size, seed)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The shuffled order of ``range(n)`` for one epoch of a run seeded with ``seed``: a permutation
     drawn from the seed and the epoch, so every loader in vitlab (classification, DINO, dense tasks)
@@ -603,8 +609,7 @@ def _train_val_split(dataset: ImageTensorDataset, split: str, val_size: int | fl
     if split not in ("train", "val"):
         return dataset
     n_val = round(val_size * len(dataset)) if isinstance(val_size, float) else int(val_size)
-    train_idx, val_idx = (stratified_split_indices(dataset.labels, n_val, seed) if stratify
-                          else split_indices(len(dataset), n_val, seed))
+    train_idx, val_idx = _seeded_split(dataset.labels, n_val, seed, stratify)
     return dataset.subset(train_idx if split == "train" else val_idx, split)
 
 
@@ -717,8 +722,7 @@ def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_
     else:
         all_images, all_labels, class_names = _decode_folder(folder, image_size, channels, resize=resize)
         n_test = max(1, round(0.2 * len(all_labels)))
-        rest, test_idx = (stratified_split_indices(all_labels, n_test, seed) if stratify
-                          else split_indices(len(all_labels), n_test, seed))
+        rest, test_idx = _seeded_split(all_labels, n_test, seed, stratify)
         train_images, train_labels = all_images[rest], all_labels[rest]
         test_images, test_labels = all_images[test_idx], all_labels[test_idx]
     if mean is None or std is None:
