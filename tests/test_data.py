@@ -488,3 +488,46 @@ def test_a_run_on_a_folder_records_and_reloads_its_resize_and_split(tmp_path: Pa
     padded = load_image_folder(tmp_path / "imbalanced", "test", resize="pad", **common)
     assert torch.equal(Run(run.path).dataset("test").images, padded.images)
     assert not torch.equal(padded.images, test.images)   # pad and crop differ on these long pictures
+
+
+def test_noisy_labels_change_exactly_the_fraction_to_other_classes() -> None:
+    labels = torch.arange(10_000) % 10
+    noisy = vitlab.data.noisy_labels(labels, 0.4, 10, seed=3)
+    wrong = noisy != labels
+    assert wrong.sum().item() == 4_000                                   # exactly round(0.4 * N), never the true class
+    assert torch.equal(noisy, vitlab.data.noisy_labels(labels, 0.4, 10, seed=3))
+    assert not torch.equal(noisy, vitlab.data.noisy_labels(labels, 0.4, 10, seed=4))
+    assert torch.equal(labels, torch.arange(10_000) % 10)                 # the input is not modified
+    # Every other class is equally likely: the offsets 1..9 of the wrong labels, chi-square at 8 degrees of freedom.
+    offsets = ((noisy[wrong] - labels[wrong]) % 10).bincount(minlength=10)[1:].double()
+    expected = wrong.sum() / 9
+    assert ((offsets - expected) ** 2 / expected).sum().item() < 26.1     # p = 0.001
+    assert torch.equal(vitlab.data.noisy_labels(labels, 0.0, 10, seed=0), labels)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            vitlab.data.noisy_labels(labels, bad, 10, seed=0)
+
+
+def test_label_noise_touches_only_the_training_labels(folder_dataset, tmp_path) -> None:
+    data = f"folder:{folder_dataset(tmp_path / 'images')}"
+    clean = load_dataset(data, "train", image_size=16, seed=2)
+    noisy = load_dataset(data, "train", image_size=16, seed=2, label_noise=0.25)
+    assert torch.equal(clean.images, noisy.images)
+    assert (clean.labels != noisy.labels).sum().item() == round(0.25 * len(clean))
+    assert torch.equal(load_dataset(data, "train", image_size=16, seed=2).labels, clean.labels)  # no cache poisoned
+    with pytest.raises(ValueError, match="training split only"):
+        load_dataset(data, "test", image_size=16, label_noise=0.25)
+
+
+def test_a_run_with_label_noise_records_and_reloads_its_wrong_labels(folder_dataset, tmp_path) -> None:
+    data = f"folder:{folder_dataset(tmp_path / 'images')}"
+    run = vitlab.train_run("vit_seed", data, tmp_path / "run", recipe={"epochs": 1, "batch_size": 8},
+                           model_args={"image_size": 16}, seed=1, label_noise=0.5, progress=False, verbose=False)
+    assert run.record().dataset.label_noise == 0.5
+    train = run.dataset("train")
+    clean = load_dataset(data, "train", image_size=16, seed=1, val_size=0.1)
+    assert (train.labels != clean.labels).sum().item() == round(0.5 * len(clean))
+    assert torch.equal(run.dataset("test").labels, load_dataset(data, "test", image_size=16, seed=1).labels)
+    with pytest.raises(ValueError, match="label noise"):
+        vitlab.train_run("vit_seed", data, tmp_path / "bad", model_args={"image_size": 16}, label_noise=1.2,
+                         progress=False, verbose=False)

@@ -267,3 +267,11 @@ def test_distributed_two_processes_on_cpu(folder_dataset, tmp_path):
     # Every rank's random state is in the checkpoint (each resumes with its own: they were seeded seed + rank).
     ranks = Run(out).load_state()["rng"]["ranks"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["cpu"], ranks[1]["cpu"])
+
+
+def test_cli_label_noise_out_of_range_is_one_clear_line(folder_dataset, tmp_path):
+    data = folder_dataset(tmp_path / "images")
+    result = run_cli("train", "--model", "vit_seed", "--dataset", f"folder:{data}", "--label-noise", "1.5",
+                     "--out", str(tmp_path / "run"), "--quiet", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "label noise (--label-noise) is a fraction in [0, 1), got 1.5" in result.stderr

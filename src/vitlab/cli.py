@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="validation share of the training set (a fraction, or a count if >= 1)")
     train.add_argument("--subset", type=int, default=None, help="train on a seeded random subset of N images")
     train.add_argument("--test-subset", type=int, default=None, help="evaluate on a seeded subset of N test images")
+    train.add_argument("--label-noise", type=float, default=0.0, metavar="FRACTION",
+                       help="give this fraction of the training images a wrong label, chosen by --seed (validation "
+                            "and test keep the true labels): a badly annotated set, e.g. for distillation")
     train.add_argument("--seed", type=int, default=0, help="fixes initialization, data order and splits")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     train.add_argument("--out", required=True, help="run folder to write")
@@ -294,7 +297,7 @@ def _train_classifier(args: argparse.Namespace) -> None:
               val_size=int(args.val_size) if args.val_size >= 1 else args.val_size, subset=args.subset,
               test_subset=args.test_subset, classes=classes, init=args.init, image_size=args.image_size,
               time_budget=args.time_budget, resume=args.resume, device=args.device, progress=not args.quiet,
-              experiment=args.experiment, resize=args.resize, stratify=args.stratify)
+              experiment=args.experiment, resize=args.resize, stratify=args.stratify, label_noise=args.label_noise)
 
 
 def _task(args: argparse.Namespace) -> str:
@@ -320,6 +323,7 @@ def _train_dense(args: argparse.Namespace, task: str) -> None:
         raise ValueError(f"--task {task} trains on the MNIST canvases (--dataset mnist-canvas), not {args.dataset}")
     for flag, value, default in (("--classes", args.classes, None),
                                  ("--subset", args.subset, None), ("--test-subset", args.test_subset, None),
+                                 ("--label-noise", args.label_noise, 0.0),
                                  ("--image-size", args.image_size, None), ("--val-size", args.val_size, 0.1)):
         if value != default:
             raise ValueError(f"{flag} is for classification; with --task {task} set the canvases with --canvas-arg "

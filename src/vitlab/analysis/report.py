@@ -320,10 +320,12 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
                      f"({slow['model']}) to {fast['images_per_s']:,.0f} images/s ({fast['model']}), a factor of "
                      f"{fast['images_per_s'] / slow['images_per_s']:.1f}.")
     lines += _distillation_lines(runs)
+    seeded = len({_model_label(run) for run in runs}) < len(runs)  # several seeds of a model: say which one
     for run in runs:
         pairs = _confused_pairs(run)
         if pairs:
-            lines.append(f"{_model_label(run)}'s most frequent confusions (true → predicted): "
+            which = f" (seed {run['metrics'].get('seed')})" if seeded else ""
+            lines.append(f"{_model_label(run)}{which}'s most frequent confusions (true → predicted): "
                          + ", ".join(f"{a} → {b} ({n})" for a, b, n in pairs) + ".")
     return lines
 
@@ -934,6 +936,8 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
         for run in group:
             train_n = _train_n(run)
             size = f"{train_n:,}" if isinstance(train_n, int) else "?"
+            noise = run["config"]["dataset"].get("label_noise")
+            size += f" ({100 * noise:g} % of them with a wrong label, on purpose)" if noise else ""
             md.append(f"- `{run['name']}`: {_recipe_text(run)}; trained on {size} images. "
                       f"Command: `{run['metrics'].get('command', '?')}`")
         figures = _figures(group, dataset, out)

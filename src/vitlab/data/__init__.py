@@ -21,6 +21,7 @@ from .datasets import (
     fit_image,
     load_dataset,
     load_image_folder,
+    noisy_labels,
     normalize,
     split_indices,
     stratified_split_indices,
@@ -30,5 +31,5 @@ from .loader import BatchLoader
 __all__ = [
     "DATASETS", "BatchLoader", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
     "cache_dir", "canonical_name", "data_root", "epoch_order", "load_dataset", "load_image_folder", "normalize",
-    "split_indices", "stratified_split_indices", "fit_image", "RESIZE_MODES",
+    "split_indices", "stratified_split_indices", "fit_image", "RESIZE_MODES", "noisy_labels",
 ]

@@ -63,7 +63,7 @@ from ..core.io import REPOSITORY, atomic_write
 __all__ = [
     "DATASETS", "CorruptImageError", "DatasetInfo", "DatasetNotFoundError", "ImageTensorDataset",
     "cache_dir", "canonical_name", "data_root", "epoch_order", "load_dataset", "load_image_folder", "normalize",
-    "split_indices", "stratified_split_indices", "fit_image", "RESIZE_MODES", "ResizeMode",
+    "split_indices", "stratified_split_indices", "fit_image", "RESIZE_MODES", "ResizeMode", "noisy_labels",
 ]
 
 #: How a picture of another shape becomes ``S x S`` (:func:`fit_image`): centre crop, squash, or pad.
@@ -639,11 +639,33 @@ def _take_subset(dataset: ImageTensorDataset, subset: int | None, seed: int) -> 
     return dataset.subset(order[:subset].sort().values)
 
 
+def noisy_labels(labels: Tensor, fraction: float, num_classes: int, seed: int) -> Tensor:
+    """Symmetric label noise: ``(N,) -> (N,)``, a copy of ``labels`` in which ``round(fraction * N)`` of them,
+    chosen at random, are replaced by a *different* class drawn uniformly from the other ``num_classes - 1``.
+
+    How a badly annotated training set is simulated (lesson 13: a teacher that knows the images better than
+    their labels do). Exactly that many labels are wrong afterwards; the same ``seed`` gives the same ones.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"label noise must be a fraction in [0, 1), got {fraction}")
+    if num_classes < 2 and fraction > 0:
+        raise ValueError("label noise needs at least two classes")
+    generator = torch.Generator().manual_seed(seed + 7919)  # its own stream: the split and subset are unchanged
+    count = round(fraction * labels.numel())
+    chosen = torch.randperm(labels.numel(), generator=generator)[:count]
+    noisy = labels.clone()
+    # An offset of 1..K-1 classes, modulo K: never the true class, every other class equally likely.
+    noisy[chosen] = (labels[chosen] + torch.randint(1, max(num_classes, 2), (count,), generator=generator)) \
+        % num_classes
+    return noisy
+
+
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] | None = None,
                  download: bool = True, val_size: int | float = 0.1, seed: int = 0,
                  subset: int | None = None, image_size: int | None = None,
                  channels: int | None = None, classes: Sequence[str | int] | None = None,
-                 resize: ResizeMode = "crop", stratify: bool = True) -> ImageTensorDataset:
+                 resize: ResizeMode = "crop", stratify: bool = True, label_noise: float = 0.0
+                 ) -> ImageTensorDataset:
     """Load a dataset split into memory.
 
     ``name``: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar10-subset``, ``cifar100``,
@@ -660,6 +682,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
     (:meth:`ImageTensorDataset.select_classes`), before the validation split and the subset.
     ``resize`` and ``stratify`` are for ``folder:PATH`` (see :func:`load_image_folder`); a named dataset's
     images all have its size, and its validation split is the plain seeded one.
+    ``label_noise`` (``train`` split only) gives that fraction of the training images a wrong label
+    (:func:`noisy_labels`, seeded by ``seed``), after the split and the subset; validation and test keep theirs.
 
     The dense dataset ``mnist-canvas`` (masks and boxes, not labels) loads with
     :func:`vitlab.data.canvas.load_canvas`.
@@ -667,20 +691,29 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike[str] |
     if name.lower() == "mnist-canvas":
         raise ValueError("mnist-canvas holds masks and boxes, not one label per image: load it with "
                          "vitlab.data.canvas.load_canvas(split, CanvasConfig(...))")
+    if label_noise and split != "train":
+        raise ValueError(f"label noise is for the training split only (the {split} split keeps its true labels)")
     if name.startswith("folder:"):
-        return load_image_folder(name[len("folder:"):], split, image_size=image_size or 32,
-                                 channels=channels or 3, val_size=val_size, seed=seed, subset=subset, classes=classes,
-                                 resize=resize, stratify=stratify)
-    key = _resolve_name(name)
-    if split not in ("train", "val", "test", "train+val"):
-        raise ValueError(f"unknown split {split!r}: choose 'train', 'val', 'train+val' or 'test'")
-    info = DATASETS[key]
-    base = data_root(root)
-    images, labels, class_names, source = _load_split(key, base, split != "test", download)
-    dataset = ImageTensorDataset(images, labels, info.classes or class_names, info.mean, info.std, key, split, source)
-    if classes is not None:
-        dataset = dataset.select_classes(classes)
-    return _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)
+        dataset = load_image_folder(name[len("folder:"):], split, image_size=image_size or 32,
+                                    channels=channels or 3, val_size=val_size, seed=seed, subset=subset,
+                                    classes=classes, resize=resize, stratify=stratify)
+    else:
+        key = _resolve_name(name)
+        if split not in ("train", "val", "test", "train+val"):
+            raise ValueError(f"unknown split {split!r}: choose 'train', 'val', 'train+val' or 'test'")
+        info = DATASETS[key]
+        images, labels, class_names, source = _load_split(key, data_root(root), split != "test", download)
+        dataset = ImageTensorDataset(images, labels, info.classes or class_names, info.mean, info.std, key, split,
+                                     source)
+        if classes is not None:
+            dataset = dataset.select_classes(classes)
+        dataset = _take_subset(_train_val_split(dataset, split, val_size, seed), subset, seed)
+    if label_noise:  # a new dataset: the loaded one may share its tensors with a cache
+        dataset = ImageTensorDataset(dataset.images, noisy_labels(dataset.labels, label_noise, dataset.num_classes,
+                                                                  seed),
+                                     dataset.classes, dataset.mean, dataset.std, dataset.name, dataset.split,
+                                     dataset.source)
+    return dataset
 
 
 def load_image_folder(path: str | os.PathLike[str], split: str = "train", image_size: int = 32, channels: int = 3,

@@ -81,7 +81,8 @@ class ClassifyTask(Task):
                  data_root: str | os.PathLike[str] | None = None, val_size: int | float = 0.1,
                  subset: int | None = None, test_subset: int | None = None,
                  classes: Sequence[str | int] | None = None, init: str | os.PathLike[str] | None = None,
-                 image_size: int | None = None, resize: ResizeMode = "crop", stratify: bool = True) -> None:
+                 image_size: int | None = None, resize: ResizeMode = "crop", stratify: bool = True,
+                 label_noise: float = 0.0) -> None:
         overrides = {k: v for k, v in (recipe_overrides or {}).items() if v is not None}
         if "seed" in overrides and overrides["seed"] != seed:
             raise ValueError("pass the seed as train_run(seed=...), not in the recipe: one seed fixes everything")
@@ -100,6 +101,9 @@ class ClassifyTask(Task):
         # A folder of pictures is read with a resize mode and a split rule, recorded; a named dataset has neither.
         self.folder = {"resize": resize, "stratify": stratify} if dataset.startswith("folder:") else {}
         self.subset, self.test_subset, self.init, self.image_size = subset, test_subset, init, image_size
+        if not 0.0 <= label_noise < 1.0:
+            raise ValueError(f"label noise (--label-noise) is a fraction in [0, 1), got {label_noise}")
+        self.label_noise = label_noise
         self.init_record: InitRecord | None = None
 
     def prepare(self, device: torch.device, resumed: Run | None) -> None:
@@ -135,7 +139,8 @@ class ClassifyTask(Task):
     def _load_data(self, side: int, channels: int) -> None:
         # Folder datasets are decoded at the size the model takes (named datasets have their own size).
         common = {**self.data, **self.folder, "image_size": side, "channels": channels}
-        self.train_set = load_dataset(self.dataset, "train", subset=self.subset, **common)
+        self.train_set = load_dataset(self.dataset, "train", subset=self.subset, label_noise=self.label_noise,
+                                      **common)
         self.val_set = load_dataset(self.dataset, "val", **common)
         self.test_set = load_dataset(self.dataset, "test", subset=self.test_subset, **common)
 
@@ -147,7 +152,8 @@ class ClassifyTask(Task):
     def record(self) -> RunConfig:
         data = dataset_record(self.train_set, self.val_set, self.test_set, name=self.dataset,
                               val_size=self.data["val_size"], subset=self.subset, test_subset=self.test_subset,
-                              class_subset=self.data["classes"], **self.folder)
+                              class_subset=self.data["classes"], label_noise=self.label_noise or None,
+                              **self.folder)
         return RunConfig(model=ModelRecord(**model_spec(self.model_name, self.net)), dataset=data,
                          train=self.config.to_dict(), init=self.init_record)
 
@@ -195,7 +201,7 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
               image_size: int | None = None, time_budget: float | None = None, resume: bool = False,
               device: str | torch.device | None = None, progress: bool = True, verbose: bool = True,
               command: str | None = None, experiment: str | None = None, resize: ResizeMode = "crop",
-              stratify: bool = True) -> Run:
+              stratify: bool = True, label_noise: float = 0.0) -> Run:
     """Train a registered model on a dataset, evaluate it on the test split, and return its :class:`Run`.
 
     ``model``: a registered name (:func:`vitlab.models.registry.model_names`; register a new architecture with
@@ -212,6 +218,8 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     ``experiment`` names the comparison the run belongs to (recorded in ``config.json``; the report
     gives each experiment its own section). ``resize`` and ``stratify`` are how a ``folder:PATH`` dataset is
     read (:func:`vitlab.data.load_image_folder`), recorded so that the run reloads exactly its own data.
+    ``label_noise`` gives that fraction of the training images a wrong label (:func:`vitlab.data.noisy_labels`,
+    seeded by ``seed``; validation and test keep the true ones), recorded in the run's dataset entry.
 
     Fine-tuning: ``init`` is a run folder or any pretrained spec (:func:`vitlab.runfolder.load_model`:
     a weights file, ``timm:NAME``, ...); the architecture and weights come from it (``model`` is then ``None``),
@@ -224,6 +232,7 @@ def train_run(model: str | None, dataset: str, out: str | os.PathLike[str], *, r
     """
     task = ClassifyTask(model, dataset, recipe_overrides=recipe, model_args=model_args, seed=seed,
                         data_root=data_root, val_size=val_size, subset=subset, test_subset=test_subset,
-                        classes=classes, init=init, image_size=image_size, resize=resize, stratify=stratify)
+                        classes=classes, init=init, image_size=image_size, resize=resize, stratify=stratify,
+                        label_noise=label_noise)
     return drive(task, out, resume=resume, time_budget=time_budget, device=device, progress=progress,
                  verbose=verbose, command=command, experiment=experiment)

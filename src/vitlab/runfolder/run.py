@@ -222,10 +222,12 @@ class Run:
         # A folder dataset is read as it was: its resize mode and split rule (runs recorded before these existed
         # squashed their pictures and split at random).
         folder = {"resize": data.resize or "squash", "stratify": bool(data.stratify)} if own else {}
+        # The training split with the labels it was trained on (a run with label noise: the same wrong ones).
+        noise = data.label_noise if own and split == "train" and data.label_noise else 0.0
         dataset = load_dataset(dataset_name, split, root=root, val_size=data.val_size,
                                subset=subset if subset is not None or not own else recorded_subset,
                                seed=record.seed, image_size=side, channels=fields.get("in_channels"),
-                               classes=data.class_subset if own else None, **folder)
+                               classes=data.class_subset if own else None, label_noise=noise, **folder)
         if name is None and subset is None and not self.is_own_data(dataset):
             raise RunError(f"{self.path} was made with {getattr(data, f'{split}_n', None)} {split} images of "
                            f"{data.name} ({data.source or 'source not recorded'}), but {len(dataset)} load now from "

@@ -61,13 +61,14 @@ class DatasetRecord(Config):
     canvas: dict[str, Any] | None = None
     resize: str | None = None       # a folder dataset's resize mode (vitlab.data.fit_image); older runs: squash
     stratify: bool | None = None    # whether a folder dataset's splits kept each class's share; older runs: no
+    label_noise: float | None = None  # the fraction of training labels made wrong on purpose (noisy_labels)
 
     def identity(self) -> dict[str, Any]:
         """What must not change under a resumed run: the data's name, copy, sizes, classes and canvases
         (``source`` without its folder: the same copy found elsewhere is the same data; canvases are named by
         their settings, and their source only says whether they were built or read from the cache)."""
         from_source = {"source": source_kind(self.source)} if self.source and self.canvas is None else {}
-        keys = ("name", "train_n", "val_n", "test_n", "class_subset", "canvas", "resize", "stratify")
+        keys = ("name", "train_n", "val_n", "test_n", "class_subset", "canvas", "resize", "stratify", "label_noise")
         return {**{k: getattr(self, k) for k in keys if getattr(self, k) is not None}, **from_source}
 
 
