@@ -143,7 +143,7 @@ deit-few: $(STAMP)
 		--teacher-run weights/mnist-teacher-simple_cnn --soft-tau 3 --soft-alpha 0.1 --experiment deit-few \
 		--out runs/deit-few
 
-# The same 1,000 labelled digits with enough optimizer steps to fit them (about 45 minutes on a 2-core CPU, two
+# The same 1,000 labelled digits with enough optimizer steps to fit them (about 36 minutes on a 2-core CPU, two
 # runs at a time): 200 epochs of batch 32 (6,200 steps, 22 times deit-few's 280), lr 1e-3, seeds 0-2.
 deit-few-long: $(STAMP)
 	$(BIN)/python tools/deit_experiment.py --dataset mnist --subset 1000 --epochs 200 --batch-size 32 --lr 1e-3 \
@@ -151,7 +151,7 @@ deit-few-long: $(STAMP)
 		--experiment deit-few-long --out runs/deit-few-long --workers 2
 
 # The same students, teacher and recipe, but 40 % of the 1,000 labels wrong (symmetric noise, seeded; the teacher's
-# knowledge is clean): where the teacher knows the images better than their labels (about 45 minutes on a 2-core CPU).
+# knowledge is clean): where the teacher knows the images better than their labels (about 37 minutes on a 2-core CPU).
 deit-noisy: $(STAMP)
 	$(BIN)/python tools/deit_experiment.py --dataset mnist --subset 1000 --label-noise 0.4 --epochs 200 \
 		--batch-size 32 --lr 1e-3 --seeds 0 1 2 --teacher-run weights/mnist-teacher-simple_cnn --soft-tau 3 \
