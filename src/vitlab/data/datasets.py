@@ -650,13 +650,14 @@ def noisy_labels(labels: Tensor, fraction: float, num_classes: int, seed: int) -
         raise ValueError(f"label noise must be a fraction in [0, 1), got {fraction}")
     if num_classes < 2 and fraction > 0:
         raise ValueError("label noise needs at least two classes")
-    generator = torch.Generator().manual_seed(seed + 7919)  # its own stream: the split and subset are unchanged
     count = round(fraction * labels.numel())
-    chosen = torch.randperm(labels.numel(), generator=generator)[:count]
     noisy = labels.clone()
+    if count == 0:
+        return noisy
+    generator = torch.Generator().manual_seed(seed + 7919)  # its own stream: the split and subset are unchanged
+    chosen = torch.randperm(labels.numel(), generator=generator)[:count]
     # An offset of 1..K-1 classes, modulo K: never the true class, every other class equally likely.
-    noisy[chosen] = (labels[chosen] + torch.randint(1, max(num_classes, 2), (count,), generator=generator)) \
-        % num_classes
+    noisy[chosen] = (labels[chosen] + torch.randint(1, num_classes, (count,), generator=generator)) % num_classes
     return noisy
 
 
