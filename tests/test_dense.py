@@ -365,6 +365,8 @@ def test_dense_runs_refuse_what_they_cannot_use(tmp_path):
         dense_run("detect", "segmenter_linear_canvas", tmp_path / "x", canvas=CanvasConfig(**TINY))
     with pytest.raises(ValueError, match="--augment: classification-only"):
         dense_run("segment", None, tmp_path / "x", recipe={"augment": "digits"})
+    with pytest.raises(ValueError, match="--ema-decay: classification-only"):
+        dense_run("detect", None, tmp_path / "x", recipe={"ema_decay": 0.999})
     with pytest.raises(ValueError, match="unknown task"):
         dense_run("classify", None, tmp_path / "x")  # type: ignore[arg-type]
     assert not (tmp_path / "x").exists()

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from vitlab.checkpoint import CheckpointError, load_model, load_state, load_weights, save_json, save_weights
+from vitlab.core.configs import ConfigError
 from vitlab.model import create_model
 from vitlab.runs import Run, model_spec
-from vitlab.train import TrainConfig, evaluate, fit, make_optimizer, warmup_cosine
+from vitlab.train import TrainConfig, evaluate, fit, make_optimizer, warmup_cosine, weight_average
 
 TINY = TrainConfig(epochs=5, batch_size=32, lr=1e-2, warmup_epochs=0.5, seed=0)
 
@@ -69,6 +70,62 @@ def test_resume_after_interruption_reaches_the_same_result(halves_dataset, tmp_p
     assert [row["epoch"] for row in history] == [1, 2, 3]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_weight_average_is_the_exponential_moving_average_by_hand():
+    """average_t = decay * average_(t-1) + (1 - decay) * weights_t, starting from a copy of the first weights."""
+    model = tiny_model()
+    average = weight_average(model, 0.9)
+    snapshots = []
+    for step in range(4):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.5 * step + 0.1)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        average.update_parameters(model)
+    for name, value in average.module.state_dict().items():
+        expected = snapshots[0][name].clone()
+        for snapshot in snapshots[1:]:
+            expected = 0.9 * expected + 0.1 * snapshot[name]
+        assert torch.allclose(value, expected, atol=1e-5), name
+    assert int(average.n_averaged) == 4
+    with pytest.raises(ValueError, match="EMA decay"):
+        weight_average(model, 1.0)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5])
+def test_ema_decay_out_of_range_is_refused(decay):
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=decay)
+
+
+def test_ema_run_saves_validates_and_resumes_the_average(halves_dataset, tmp_path):
+    """With --ema-decay the run's validation and saved weights are the average, not the last step's weights,
+    and an interrupted run resumes the average too (same weights as a run never interrupted)."""
+    train, val = halves_dataset(128), halves_dataset(32, seed=1)
+    config = TrainConfig(epochs=3, batch_size=32, seed=5, augment="crop", ema_decay=0.9)
+    straight = tiny_model(5)
+    history = fit(straight, train, val, config, out_dir=tmp_path / "straight", progress=False)
+    saved = load_weights(tiny_model(1), tmp_path / "straight" / "model.safetensors")
+    raw = straight.state_dict()
+    averaged = saved.state_dict()
+    assert any(not torch.allclose(raw[k], averaged[k]) for k in raw), "the saved weights must be the average"
+    scored = evaluate(saved, val, precision=config.precision)
+    assert abs(scored["accuracy"] - history[-1]["val_accuracy"]) < 1e-9
+    assert abs(scored["loss"] - history[-1]["val_loss"]) < 1e-4
+    assert "average" in load_state(tmp_path / "straight" / "checkpoint.pt")
+
+    def interrupt_after_first_epoch(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(5), train, val, config, out_dir=tmp_path / "resumed", progress=False,
+            on_epoch_end=interrupt_after_first_epoch)
+    fit(tiny_model(99), train, val, config, out_dir=tmp_path / "resumed", resume=True, progress=False)
+    resumed = load_weights(tiny_model(2), tmp_path / "resumed" / "model.safetensors").state_dict()
+    for name, value in averaged.items():
+        assert torch.allclose(value, resumed[name], atol=1e-6), name
 
 
 def test_resume_with_a_different_recipe_is_refused(halves_dataset, tmp_path):

@@ -161,13 +161,14 @@ class ClassifyTask(Task):
         return ClassifierTrainer(self.net, self.train_set, self.val_set, self.config, device, dist)
 
     def test(self, trainer: Trainer, history: list[dict[str, Any]], dist: DistContext) -> dict[str, Any]:
-        result = evaluate(self.net, self.test_set, self.config.eval_batch_size, dist=dist,
-                          device=next(self.net.parameters()).device, precision=self.config.precision)
+        scored = trainer.weights()  # the weight average when the recipe keeps one (--ema-decay)
+        result = evaluate(scored, self.test_set, self.config.eval_batch_size, dist=dist,
+                          device=next(scored.parameters()).device, precision=self.config.precision)
         metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_n": result["n"],
                    "per_class_accuracy": dict(zip(self.test_set.classes, result["per_class_accuracy"])),
                    "confusion": result["confusion"],
                    "final_val_accuracy": history[-1].get("val_accuracy") if history else None}
-        report = getattr(self.net, "test_report", None)  # a model's own measurements, e.g. early exits' curve
+        report = getattr(scored, "test_report", None)  # a model's own measurements, e.g. early exits' curve
         if report is not None and dist.is_main:
             metrics.update(report(self.test_set, precision=self.config.precision))
         return metrics

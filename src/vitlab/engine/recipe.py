@@ -79,6 +79,9 @@ class TrainConfig(Config):
     distill_alpha: float = field(default=0.5, metadata=_help("weight of the distillation term (the labels get "
                                                              "1 - alpha)"))
     distill_tau: float = field(default=1.0, metadata=_help("temperature of soft distillation"))
+    ema_decay: float = field(default=0.0, metadata=_help("exponential moving average of the weights, updated after "
+                                                         "every step (e.g. 0.999): validation, test and the saved "
+                                                         "model use the average; 0 disables"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -116,6 +119,8 @@ class TrainConfig(Config):
         if not 0.0 <= self.distill_alpha <= 1.0 or not self.distill_tau > 0:
             raise ConfigError(f"TrainConfig.distill_alpha must be in [0, 1] and distill_tau positive, got "
                               f"{self.distill_alpha} and {self.distill_tau}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"TrainConfig.ema_decay must be in [0, 1) (0 disables it), got {self.ema_decay}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"TrainConfig.layer_decay must be in (0, 1] (1 disables it), got {self.layer_decay}")
         if self.augment not in AUGMENTATIONS:
