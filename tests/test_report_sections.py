@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vitlab.analysis.report import PUBLISHED_CIFAR10, _robustness_section, _time_to_accuracy_section
+from vitlab.analysis.report import PUBLISHED_CIFAR10, _robustness_section, _seed_summary, _time_to_accuracy_section
 from vitlab.models.registry import get_model
 
 
@@ -68,3 +68,22 @@ def test_robustness_section_is_empty_without_records(tmp_path: Path) -> None:
 @pytest.mark.parametrize("model", sorted(PUBLISHED_CIFAR10))
 def test_published_numbers_name_registered_models(model: str) -> None:
     assert f"{PUBLISHED_CIFAR10[model][0]:.2f} % published" in get_model(model).description
+
+
+def classify_run(model: str, seed: int, accuracy: float, budget_s: float | None = None, **recipe: object) -> dict:
+    train = {"lr": 1e-3, "batch_size": 128, "epochs": 10, "seed": seed, **recipe}
+    return {"name": f"{model}-{seed}", "config": {"model": {"family": "vit"}, "train": train},
+            "metrics": {"model": model, "test_accuracy": accuracy, "time_budget_s": budget_s, "train_n": 100}}
+
+
+def test_seed_means_pool_only_runs_that_differ_by_their_seed() -> None:
+    """Two budgets, or two recipes, of one model are two settings: never averaged as if they were seeds."""
+    runs = [classify_run("vit_mnist", 0, 0.90, 300), classify_run("vit_mnist", 1, 0.92, 300, epochs=12),
+            classify_run("vit_mnist", 0, 0.97, 1800),                       # one seed of another budget
+            classify_run("vit_mnist", 0, 0.50, None, batch_size=64), classify_run("vit_mnist", 0, 0.60, None)]
+    text = "\n".join(_seed_summary(runs))
+    rows = [line for line in text.splitlines() if line.startswith("| vit_mnist")]
+    # The two 5-minute runs are seeds of one setting (a budget plans its own epochs); nothing else pairs up. The
+    # label names what tells the setting apart from the model's others.
+    assert rows == ["| vit_mnist (5 min, batch_size 128) | 2 | 91.00 % | 1.41 |"], rows
+    assert _seed_summary(runs[2:]) == []                                     # no setting has two seeds

@@ -102,16 +102,56 @@ def _accuracies_by_label(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
     return by_label
 
 
+#: Recipe fields that do not make two runs different settings: the seed itself, and what follows from it
+#: or only changes speed (a time budget plans ``epochs`` from each run's own measured step).
+_NOT_A_SETTING = ("seed", "eval_batch_size", "compile")
+
+
+def _setting(run: dict[str, Any]) -> tuple[Any, ...]:
+    """What must be equal for two runs to be seeds of one setting: the model label, the dataset size, the time
+    budget, the model's config, and every recipe field but the seed (``epochs`` too when there is no budget)."""
+    budget = run["metrics"].get("time_budget_s")
+    train = run["config"].get("train", {})
+    recipe = tuple(sorted((k, str(v)) for k, v in train.items()
+                          if k not in _NOT_A_SETTING and not (budget and k == "epochs")))
+    architecture = run["config"].get("model", {}).get("config") or {}  # e.g. --model-arg pool=mean
+    recipe += tuple(sorted((k, str(v)) for k, v in architecture.items()))
+    return (_model_label(run), run["metrics"].get("train_n"), budget, recipe)
+
+
+def _setting_labels(settings: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
+    """A label per setting: the model label, plus what tells it apart from the other settings of the same model
+    (its budget in minutes, the recipe fields that differ)."""
+    labels = {}
+    for key in settings:
+        others = [k for k in settings if k[0] == key[0] and k != key]
+        parts = []
+        if any(k[1] != key[1] for k in others) and key[1]:
+            parts.append(f"{key[1]:,} training images")
+        if any(k[2] != key[2] for k in others) and key[2]:
+            parts.append(f"{key[2] / 60:g} min")
+        differing = {name for k in others for name, value in set(k[3]) ^ set(key[3])}
+        parts += [f"{name} {value}" for name, value in key[3] if name in differing]
+        labels[key] = key[0] + (f" ({', '.join(parts)})" if parts else "")
+    return labels
+
+
 def _seed_summary(group: list[dict[str, Any]]) -> list[str]:
-    """Mean ± standard deviation over seeds for every model that ran with several seeds (else nothing)."""
-    by_label = _accuracies_by_label(group)
-    if all(len(v) < 2 for v in by_label.values()):
+    """Mean ± standard deviation over seeds for every setting (model and recipe) that ran with several seeds
+    (else nothing). Runs of one model with different budgets or recipes are different settings, never seeds."""
+    settings: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in group:
+        settings.setdefault(_setting(run), []).append(run)
+    if all(len(runs) < 2 for runs in settings.values()):
         return []
-    lines = ["", "Mean over seeds (the spread is the standard deviation between seeds):", "",
-             "| model | seeds | mean test accuracy | spread |", "|---|---:|---:|---:|"]
-    for label, values in sorted(by_label.items(), key=lambda kv: -_mean_std(kv[1])[0]):
+    labels = _setting_labels(list(settings))
+    lines = ["", "Mean over seeds (the spread is the standard deviation between seeds; only runs that differ by "
+             "their seed alone):", "", "| model | seeds | mean test accuracy | spread |", "|---|---:|---:|---:|"]
+    accuracies = {key: [100 * r["metrics"]["test_accuracy"] for r in runs] for key, runs in settings.items()
+                  if len(runs) >= 2}
+    for key, values in sorted(accuracies.items(), key=lambda kv: -_mean_std(kv[1])[0]):
         mean, std = _mean_std(values)
-        lines.append(f"| {label} | {len(values)} | {mean:.2f} % | {std:.2f} |")
+        lines.append(f"| {labels[key]} | {len(values)} | {mean:.2f} % | {std:.2f} |")
     return lines
 
 
