@@ -56,7 +56,8 @@ def test_shipped_cifar_weights_reproduce_their_test_accuracy():
 
 @pytest.mark.usefixtures("cifar10_available")
 def test_shipped_full_cifar_weights_reproduce_their_test_accuracy():
-    """Lesson 10 loads these weights: the 10-minute ViT run of the Swin experiment, on the full CIFAR-10."""
+    """Lessons 09 and 10 load these weights: the best 30-minute ViT of the CIFAR-10 search (lesson 10, section 6;
+    reports/runs/cifar-vit-s-light-1800s-s0), trained in bf16 on the full CIFAR-10."""
     run = Run(shipped_run("cifar10-full-vit_cifar_small"))
     assert not (run.path / "checkpoint.pt").exists() and (run.path / "model.safetensors").stat().st_size < 5 * 2**20
     metrics = run.metrics()
@@ -66,7 +67,8 @@ def test_shipped_full_cifar_weights_reproduce_their_test_accuracy():
         pytest.skip(f"recorded on the full CIFAR-10 JPEG tree; this machine loads {test_set.source}")
     result = evaluate(run.model(), test_set, batch_size=1000, precision="fp32")
     assert result["n"] == 10000
-    assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
+    # Scored in bf16 when recorded (74.78 %); fp32 gives 74.74 % on the AMX Xeon: 4 of 10,000 predictions differ.
+    assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.001, (result["accuracy"], metrics["test_accuracy"])
 
 
 @pytest.mark.usefixtures("cifar10_available")
