@@ -42,7 +42,7 @@ def test_shipped_weights_reproduce_their_test_accuracy():
 
 @pytest.mark.usefixtures("cifar10_available")
 def test_shipped_cifar_weights_reproduce_their_test_accuracy():
-    """Lesson 10 loads these weights: the recorded 10-minute CIFAR-10 ViT run."""
+    """weights/cifar10-vit_cifar_small: the 10-minute CIFAR-10 ViT run on the 12,000-image subset."""
     run = shipped_run("cifar10-vit_cifar_small")
     assert (run / "model.safetensors").stat().st_size < 5 * 1024 * 1024
     metrics = json.loads((run / "metrics.json").read_text())
