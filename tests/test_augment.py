@@ -1,9 +1,19 @@
 import pytest
 import torch
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2_contingency, chisquare, ks_2samp
 from torchvision.transforms import v2
 
 from vitlab.augment import get_augmentation, random_affine, random_crop, random_hflip
+from vitlab.data.augment import trivial_augment
+from vitlab.data.trivial_augment import (
+    NUM_MAGNITUDE_BINS,
+    OPERATIONS,
+    TrivialAugmentDraw,
+    _magnitudes,
+    apply_trivial_augment,
+    batched_trivial_augment,
+    draw_trivial_augment,
+)
 
 
 def test_shapes_and_dtype_preserved():
@@ -83,3 +93,118 @@ def test_batched_crop_and_flip_match_torchvisions_per_image_distribution():
     flipped = [(random_hflip(image.expand(n, -1, -1, -1))[:, 0, 0, 0] != 0).sum().item(),
                sum(int(v2.RandomHorizontalFlip()(image[0])[0, 0, 0] != 0) for _ in range(n))]
     assert chi2_contingency([[f, n - f] for f in flipped]).pvalue > 1e-3
+
+
+# --- Batched TrivialAugment (the GPU data path), checked on CPU tensors against torchvision's per-image one ---
+
+def _cifar_like(n: int, channels: int = 3, side: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth, textured uint8 images (a random low-resolution pattern upsampled plus noise): histograms and
+    edges like photographs', so that every operation changes something."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, 4, 4, generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False)
+    noisy = smooth * 200 + torch.rand(n, channels, side, side, generator=g) * 55
+    return noisy.round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("channels,height,width", [(3, 32, 32), (1, 28, 28), (3, 24, 20)])
+def test_batched_trivial_augment_equals_torchvisions_operations(channels, height, width):
+    """Every operation at every strength (both signs) gives torchvision's pixels: the geometric ones exactly
+    (same inverse-affine matrices, same nearest resampling, exact right-angle turns), the colour ones within one
+    grey level on a few pixels (a per-image factor tensor instead of a Python float rounds a tie the other way)."""
+    reference = v2.TrivialAugmentWide()
+    operations, magnitudes = [], []
+    for index, name in enumerate(OPERATIONS):
+        table = _magnitudes(name)
+        values = [0.0] if table is None else [float(v) for v in table]
+        signed = name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+                          "Contrast", "Sharpness")
+        values += [-v for v in values if signed and v != 0]
+        assert table is None or len(table) == NUM_MAGNITUDE_BINS
+        operations += [index] * len(values)
+        magnitudes += values
+    images = _cifar_like(len(operations), channels)[..., :height, :width].contiguous()
+    draw = TrivialAugmentDraw(torch.tensor(operations), torch.tensor(magnitudes, dtype=torch.float64))
+    batched = apply_trivial_augment(images, draw)
+    assert batched.dtype == torch.uint8 and batched.shape == images.shape
+    off_by_one = 0
+    for i, (operation, magnitude) in enumerate(zip(operations, magnitudes)):
+        name = OPERATIONS[operation]
+        expected = reference._apply_image_or_video_transform(images[i], name, magnitude,
+                                                             interpolation=reference.interpolation,
+                                                             fill=reference._fill)
+        difference = (batched[i].int() - expected.int()).abs()
+        if name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Posterize", "Solarize",
+                    "AutoContrast", "Equalize", "Identity"):
+            assert torch.equal(batched[i], expected), (name, magnitude)
+        else:
+            assert difference.max() <= 1, (name, magnitude, difference.max())
+            off_by_one += int((difference > 0).sum())
+    changed = sum(int(not torch.equal(batched[i], images[i])) for i in range(len(operations)))
+    assert changed > 0.8 * len(operations)                 # the check compared real transformations
+    assert off_by_one <= 1e-3 * images.numel()
+
+
+def test_batched_trivial_augment_draws_trivial_augments_distribution():
+    """The draws: each of the 14 operations with probability 1/14, each of the 31 strengths uniformly, the sign
+    of a directed operation 1/2 each way (chi-square goodness of fit on 28,000 draws), from the global RNG."""
+    torch.manual_seed(0)
+    draw = draw_trivial_augment(28_000)
+    assert chisquare(torch.bincount(draw.operation, minlength=14).tolist()).pvalue > 1e-3
+    rotate = draw.magnitude[draw.operation == OPERATIONS.index("Rotate")]
+    levels = (rotate.abs() / 4.5).round().long()                  # 0, 4.5, ..., 135 degrees
+    assert torch.allclose(levels.double() * 4.5, rotate.abs(), atol=1e-4)
+    assert chisquare(torch.bincount(levels, minlength=31).tolist()).pvalue > 1e-3
+    nonzero = rotate[rotate != 0]
+    assert chisquare([int((nonzero > 0).sum()), int((nonzero < 0).sum())]).pvalue > 1e-3
+    posterize = draw.magnitude[draw.operation == OPERATIONS.index("Posterize")]
+    assert set(posterize.tolist()) == {float(v) for v in _magnitudes("Posterize")} and (posterize >= 2).all()
+    assert (draw.magnitude[draw.operation == OPERATIONS.index("Equalize")] == 0).all()
+    torch.manual_seed(0)
+    assert torch.equal(draw_trivial_augment(28_000).magnitude, draw.magnitude)     # seed fixes it
+
+
+def test_batched_trivial_augment_matches_torchvision_in_distribution():
+    """End to end, the two paths are the same random transformation: on one batch of images augmented 40 times
+    each way, the share of images left unchanged and the distribution of how far each image moved (mean absolute
+    change, two-sample Kolmogorov-Smirnov) agree; and the batched path is seeded."""
+    images = _cifar_like(64)
+    torch.manual_seed(1)
+    batched = torch.cat([batched_trivial_augment(images) for _ in range(40)])
+    torch.manual_seed(2)
+    per_image = torch.cat([trivial_augment(images) for _ in range(40)])      # torchvision, one image at a time
+    reference = images.repeat(40, 1, 1, 1)
+    moved = [(out.float() - reference.float()).abs().mean(dim=(1, 2, 3)) for out in (batched, per_image)]
+    unchanged = [int((m == 0).sum()) for m in moved]
+    assert chi2_contingency([[u, len(reference) - u] for u in unchanged]).pvalue > 1e-3
+    assert ks_2samp(moved[0].numpy(), moved[1].numpy()).pvalue > 1e-3
+    torch.manual_seed(1)
+    assert torch.equal(batched_trivial_augment(images), batched[:64])
+
+
+def test_batched_trivial_augment_refuses_float_or_odd_batches():
+
+    with pytest.raises(ValueError, match="uint8"):
+        batched_trivial_augment(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="uint8"):
+        batched_trivial_augment(torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="3 draws for 2 images"):
+        apply_trivial_augment(torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+                              TrivialAugmentDraw(torch.zeros(3), torch.zeros(3)))
+
+
+def test_trivial_augment_picks_the_batched_path_off_the_cpu_only():
+    """``trivial_augment`` keeps torchvision's per-image loop on the CPU (recorded runs replay exactly) and takes
+    the batched one when asked (as on a GPU, where it is the default); a group size other than 1 is refused there."""
+    images = _cifar_like(16)
+    torch.manual_seed(3)
+    expected = batched_trivial_augment(images)
+    torch.manual_seed(3)
+    assert torch.equal(trivial_augment(images, batched=True), expected)
+    torch.manual_seed(3)
+    op = v2.TrivialAugmentWide()
+    per_image = torch.cat([op(image[None]) for image in images])
+    torch.manual_seed(3)
+    assert torch.equal(trivial_augment(images), per_image)
+    with pytest.raises(ValueError, match="group=1"):
+        trivial_augment(images, group=4, batched=True)

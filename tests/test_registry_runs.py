@@ -295,3 +295,21 @@ def test_cli_nonsense_flags_are_one_line_errors(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
     assert not (tmp_path / "r").exists(), "a refused command writes nothing"
+
+
+def test_device_name_names_the_cpu_model(tmp_path, monkeypatch) -> None:
+    """A budgeted run's record says which CPU it ran on: the same budget buys 2-3x more steps on one 2-core
+    machine than on another, so the report must be able to tell them apart."""
+    from vitlab.runfolder import run as run_module
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t:  AMD   EPYC 9R14\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert run_module.cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    monkeypatch.setattr(run_module.platform, "processor", lambda: "")
+    assert run_module.cpu_model(tmp_path / "missing") is None
+    monkeypatch.setattr(run_module, "cpu_model", lambda: "AMD EPYC 9R14")
+    assert run_module.device_name(torch.device("cpu")).startswith("cpu (") \
+        and "AMD EPYC 9R14" in run_module.device_name(torch.device("cpu"))
+    monkeypatch.setattr(run_module, "cpu_model", lambda: None)
+    assert "None" not in run_module.device_name(torch.device("cpu"))

@@ -1,5 +1,6 @@
 """Floor 3, data: labelled image sets held in memory as uint8 tensors (:mod:`~vitlab.data.datasets`), batch
-augmentation (:mod:`~vitlab.data.augment`), the seeded batch loader (:mod:`~vitlab.data.loader`) and the
+augmentation (:mod:`~vitlab.data.augment`; TrivialAugment for whole batches on a GPU,
+:mod:`~vitlab.data.trivial_augment`), the seeded batch loader (:mod:`~vitlab.data.loader`) and the
 MNIST canvases of the dense tasks (:mod:`~vitlab.data.canvas`). Nothing here knows about models.
 
 ``vitlab.data.load_dataset`` and the rest of :mod:`~vitlab.data.datasets` are re-exported here, the names the

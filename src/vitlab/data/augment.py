@@ -17,6 +17,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from .datasets import normalize
+from .trivial_augment import batched_trivial_augment
 
 __all__ = ["random_affine", "random_crop", "random_hflip", "trivial_augment", "Pipeline", "get_augmentation",
            "AUGMENTATIONS"]
@@ -70,15 +71,26 @@ def random_hflip(images: Tensor, p: float = 0.5) -> Tensor:
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def trivial_augment(images: Tensor, group: int = 1) -> Tensor:
+def trivial_augment(images: Tensor, group: int = 1, batched: bool | None = None) -> Tensor:
     """TrivialAugment (Müller & Hutter 2021, torchvision's ``TrivialAugmentWide``): a random
     photometric or geometric operation of random strength.
 
     Works on **uint8** images ``(N, C, H, W) -> (N, C, H, W)``, so it belongs before
     normalization (see :class:`Pipeline`). Each group of ``group`` consecutive images draws its
-    own operation; the default, one per image, costs about 12 ms per batch of 128 32x32 images
-    on a 2-core CPU, far less than a training step.
+    own operation. Two implementations of the same augmentation (``batched=None`` picks by device):
+
+    - on the CPU, torchvision's, one call per group: about 12 ms per batch of 128 32x32 images on a
+      2-core CPU, far less than a training step, and the recorded CPU runs replay it exactly;
+    - on a GPU, :func:`~vitlab.data.trivial_augment.batched_trivial_augment` (one image per group):
+      the images grouped by operation, each group transformed at once, so the host does not launch a
+      few thousand small kernels per batch and the training step does not wait for them.
     """
+    if batched is None:
+        batched = images.device.type != "cpu" and group == 1
+    if batched:
+        if group != 1:
+            raise ValueError("the batched TrivialAugment draws one operation per image (group=1)")
+        return batched_trivial_augment(images)
     operation = v2.TrivialAugmentWide()
     return torch.cat([operation(chunk) for chunk in images.split(group)])
 
