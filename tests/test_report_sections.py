@@ -5,13 +5,21 @@ from pathlib import Path
 
 import pytest
 
-from vitlab.analysis.report import PUBLISHED_CIFAR10, _robustness_section, _seed_summary, _time_to_accuracy_section
+from vitlab.analysis.report import (
+    PUBLISHED_CIFAR10,
+    _robustness_section,
+    _seed_summary,
+    _time_to_accuracy_section,
+    machine_class,
+)
 from vitlab.models.registry import get_model
 
 
-def budget_run(model: str, family: str, minutes: float, accuracy: float, augment: str = "cifar") -> dict:
+def budget_run(model: str, family: str, minutes: float, accuracy: float, augment: str = "cifar",
+               device: str = "cpu", precision: str | None = None) -> dict:
     return {"name": f"{model}-{minutes}", "metrics": {"model": model, "time_budget_s": 60 * minutes,
-                                                       "test_accuracy": accuracy, "device": "cpu"},
+                                                       "test_accuracy": accuracy, "device": device,
+                                                       "precision": precision},
             "config": {"model": {"family": family}, "train": {"lr": {"resnet20": 0.1}.get(model, 1e-3),
                                                              "augment": augment}}}
 
@@ -32,6 +40,22 @@ def test_time_to_accuracy_says_when_no_budget_crosses(tmp_path: Path) -> None:
     text = "\n".join(_time_to_accuracy_section(runs, tmp_path))
     assert "No budget measured here where a transformer matches the best CNN (5 min compared)" in text
     assert "52.00 % ± 2.83 (2)" in text
+
+
+def test_time_to_accuracy_keeps_each_machine_apart(tmp_path: Path) -> None:
+    """A budget buys different numbers of steps on different machines: runs from two CPUs get their own rows and
+    their own conclusions, never a transformer of one machine against a CNN of the other."""
+    xeon = dict(device="cpu (2 cores, x86_64)", precision="bf16 (auto: CPU with AMX)")
+    epyc = dict(device="cpu (2 cores, AMD EPYC, x86_64)", precision="fp32 (auto: CPU without AMX)")
+    runs = [budget_run("vit_cifar_small", "vit", 5, 0.60, **xeon), budget_run("resnet20", "cifar_resnet", 5, 0.70, **xeon),
+            budget_run("vit_cifar_small", "vit", 5, 0.55, **epyc), budget_run("resnet20", "cifar_resnet", 5, 0.50, **epyc)]
+    text = "\n".join(_time_to_accuracy_section(runs, tmp_path))
+    assert "| resnet20 (cifar, fp32, AMD EPYC) | 50.00 % |" in text and "| resnet20 (cifar, bf16, Intel CPU with AMX) | 70.00 % |" in text
+    assert "- bf16, Intel CPU with AMX: No budget measured here where a transformer matches the best CNN (5 min compared)." in text
+    assert "- fp32, AMD EPYC: The best transformer first matches the best CNN at 5 min." in text
+    assert machine_class({"precision": "fp32", "device": "cpu (2 cores, x86_64)"}) == "fp32"
+    assert machine_class({"precision": "bf16 (autocast)", "device": "cuda (NVIDIA H200)"}) == "bf16, NVIDIA H200"
+    assert "+5.00 points" in text and "-10.00 points" in text and "+10.00" not in text   # never across machines
 
 
 def record(dataset: str, family: str, clean: float, pgd: list[float], corruption: list[float]) -> dict:

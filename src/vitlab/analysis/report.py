@@ -38,7 +38,7 @@ from ..runfolder.schema import RunConfig, source_kind
 from .plots import plot_per_class
 from .robustness import mean_corruption_error
 
-__all__ = ["load_runs", "recorded_runs", "build_report"]
+__all__ = ["load_runs", "recorded_runs", "build_report", "machine_class"]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -751,14 +751,30 @@ def _budget_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             and r["config"]["train"].get("distill", "none") == "none"]
 
 
+def machine_class(metrics: dict[str, Any]) -> str:
+    """The machine class a budgeted run measured, from its ``metrics.json``: the precision (bf16 needs AMX or a
+    GPU) plus the CPU model or GPU the record names (``cpu (2 cores, AMD EPYC, x86_64)``); records older than the
+    CPU's name say only ``cpu (2 cores, x86_64)``, and there bf16 chosen for AMX means an Intel CPU. A budget buys
+    2-3x more steps on one 2-core machine than on another, so each class gets its own rows and conclusions."""
+    precision = metrics.get("precision") or "fp32"
+    short = precision.split(" ")[0]
+    device = metrics.get("device", "")
+    named = re.fullmatch(r"cpu \(\d+ cores?, (.+), [^,]+\)", device) or re.fullmatch(r"cuda \((.+)\)", device)
+    if named:
+        return f"{short}, {named.group(1)}"
+    return f"{short}, Intel CPU with AMX" if "with AMX" in precision else short
+
+
+def _budget_machine(run: dict[str, Any]) -> str:
+    return machine_class(run["metrics"])
+
+
 def _budget_label(run: dict[str, Any]) -> str:
-    """``model (augmentation)``, plus the learning rate where the run changed its registered recipe's."""
+    """``model (augmentation, machine)``, plus the learning rate where the run changed its registered recipe's."""
     train = run["config"]["train"]
     registered_lr = float(get_model(run["metrics"]["model"]).recipe.get("lr", 1e-3))
     extra = f", lr {train['lr']:g}" if train["lr"] != registered_lr else ""
-    # Runs made in another precision were made on another machine class (bf16 needs AMX or a GPU): own rows.
-    precision = (run["metrics"].get("precision") or "fp32").split(" ")[0]
-    return f"{run['metrics']['model']} ({train['augment']}{extra}, {precision})"
+    return f"{run['metrics']['model']} ({train['augment']}{extra}, {_budget_machine(run)})"
 
 
 def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
@@ -766,19 +782,22 @@ def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str
     published numbers of the literature's CIFAR models, and where (if anywhere) a transformer catches up."""
     cells: dict[str, dict[float, list[float]]] = {}
     transformer: dict[str, bool] = {}
+    machine: dict[str, str] = {}
     for run in runs:
         label = _budget_label(run)
         cells.setdefault(label, {}).setdefault(run["metrics"]["time_budget_s"] / 60, []).append(
             100 * run["metrics"]["test_accuracy"])
         transformer[label] = _is_transformer(run)
+        machine[label] = _budget_machine(run)
     budgets = sorted({b for by_budget in cells.values() for b in by_budget})
     devices = sorted({r["metrics"].get("device", "?") for r in runs})
     md = ["## Time to accuracy on CIFAR-10", "",
           f"Every run trained on the full CIFAR-10 (45,000 images) to a wall-clock budget, on {', '.join(devices)}; "
           "the number of epochs was planned from the step time measured at the start of each run. Cells give "
-          "the test accuracy (mean ± std where there are several seeds; the count in brackets). Rows differ by "
-          "precision where the runs were made on different machines (bf16: a CPU with AMX; fp32 runs of earlier "
-          "experiments: a CPU without it), so read a budget across rows of one precision.", "",
+          "the test accuracy (mean ± std where there are several seeds; the count in brackets). Each row names "
+          "the machine class it was measured on: the precision (bf16: a CPU with AMX; fp32: a CPU without it) "
+          "and the CPU model where the run recorded it; a budget buys a different number of steps on each, so "
+          "compare a budget across the rows of one machine.", "",
           "| model (augmentation) | " + " | ".join(f"{b:g} min" for b in budgets) + " | published (full schedule) |",
           "|---|" + "---:|" * (len(budgets) + 1)]
     for label, by_budget in sorted(cells.items()):
@@ -808,19 +827,27 @@ def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str
     fig.tight_layout()
     md += ["", f"![CIFAR-10 time to accuracy]({_save_figure(fig, out, 'figures/cifar10-time-to-accuracy.png')})", "",
            "**What the numbers say**", ""]
-    crossed = None
-    for b in budgets:
-        best = {kind: max(((_mean_std(v[b])[0], label) for label, v in cells.items()
-                           if b in v and transformer[label] == kind), default=None) for kind in (True, False)}
-        if best[True] and best[False]:
-            md.append(f"- {b:g} min: best transformer {best[True][1]} {best[True][0]:.2f} %, best CNN {best[False][1]} "
-                      f"{best[False][0]:.2f} % ({best[True][0] - best[False][0]:+.2f} points).")
-            if crossed is None and best[True][0] >= best[False][0]:
-                crossed = b
-    compared = [b for b in budgets if sum(b in v for v in cells.values()) > 1]
-    md.append(f"- The best transformer first matches the best CNN at {crossed:g} min." if crossed is not None else
-              "- No budget measured here where a transformer matches the best CNN"
-              + (f" ({', '.join(f'{b:g}' for b in compared)} min compared)." if compared else "."))
+    machines = sorted(set(machine.values()))
+    for name in machines:
+        own = {label: v for label, v in cells.items() if machine[label] == name}
+        prefix = f"{name}: " if len(machines) > 1 else ""
+        crossed = None
+        for b in budgets:
+            best = {kind: max(((_mean_std(v[b])[0], label) for label, v in own.items()
+                               if b in v and transformer[label] == kind), default=None) for kind in (True, False)}
+            if best[True] and best[False]:
+                md.append(f"- {prefix}{b:g} min: best transformer {best[True][1]} {best[True][0]:.2f} %, best CNN "
+                          f"{best[False][1]} {best[False][0]:.2f} % ({best[True][0] - best[False][0]:+.2f} points).")
+                if crossed is None and best[True][0] >= best[False][0]:
+                    crossed = b
+        compared = [b for b in budgets if sum(b in v for v in own.values()) > 1
+                    and len({transformer[label] for label, v in own.items() if b in v}) == 2]
+        if not compared:
+            continue
+        md.append(f"- {prefix}The best transformer first matches the best CNN at {crossed:g} min."
+                  if crossed is not None else
+                  f"- {prefix}No budget measured here where a transformer matches the best CNN"
+                  f" ({', '.join(f'{b:g}' for b in compared)} min compared).")
     return md + [""]
 
 

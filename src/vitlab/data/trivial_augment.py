@@ -10,10 +10,10 @@ whatever its size.
 
 It is the same augmentation, not an approximation of it: the same operations, the same 31 strengths with the
 same formulas (torchvision's ``_AUGMENTATION_SPACE``), nearest-neighbour resampling with black fill. Geometric
-operations build the same inverse-affine matrices in double precision and so give the same pixels; the
-colour operations blend with a per-image factor where torchvision uses a Python float, which can round a
-handful of pixels the other way (by one grey level). ``tests/test_augment.py`` checks both, and that the
-draws follow TrivialAugment's distribution.
+operations build the same inverse-affine matrices in double precision and so give the same pixels (tested on
+the CPU); the colour operations blend with a per-image factor where torchvision uses a Python float, which can
+round a handful of pixels the other way (by one grey level). ``tests/test_augment.py`` checks both, and that
+the draws follow TrivialAugment's distribution.
 
 :func:`vitlab.data.augment.trivial_augment` uses this on CUDA (or when asked); on the CPU it keeps
 torchvision's per-image loop, so the recorded CPU runs replay exactly.
@@ -42,7 +42,8 @@ _BLEND = ("Brightness", "Color", "Contrast", "Sharpness")
 
 
 def _magnitudes(operation: str, bins: int = NUM_MAGNITUDE_BINS) -> Tensor | None:
-    """The strengths of one operation, exactly as torchvision tabulates them (float32), or ``None``."""
+    """The ``(bins,)`` strengths of one operation, exactly as torchvision tabulates them (float32; int32 bits
+    for Posterize), or ``None`` for the operations without a strength."""
     table = {
         "ShearX": lambda: torch.linspace(0.0, 0.99, bins), "ShearY": lambda: torch.linspace(0.0, 0.99, bins),
         "TranslateX": lambda: torch.linspace(0.0, 32.0, bins), "TranslateY": lambda: torch.linspace(0.0, 32.0, bins),
@@ -65,6 +66,9 @@ class TrivialAugmentDraw:
                              f"and {tuple(magnitude.shape)}")
         self.operation = operation.long().cpu()
         self.magnitude = magnitude.double().cpu()
+        if len(self.operation) and not (0 <= int(self.operation.min()) and int(self.operation.max()) < len(OPERATIONS)):
+            raise ValueError(f"operation indices must lie in [0, {len(OPERATIONS)}), got "
+                             f"{int(self.operation.min())}..{int(self.operation.max())}")
 
     def __len__(self) -> int:
         return len(self.operation)
@@ -91,8 +95,9 @@ def draw_trivial_augment(n: int, generator: torch.Generator | None = None) -> Tr
 
 
 def _inverse_affine(operation: str, magnitude: float, height: int, width: int) -> list[float]:
-    """The inverse affine matrix torchvision's ``affine``/``rotate`` build for one image (same double-precision
-    formulas, so the same pixels come out). Shears are centred on the top-left corner, as in AutoAugment."""
+    """The inverse affine matrix torchvision's ``affine``/``rotate`` build for one image, as 6 floats (a 2x3
+    matrix, row-major), by the same double-precision formulas, so the same pixels come out. Shears are centred
+    on the top-left corner, as in AutoAugment."""
     angle, tx, ty, shear_x, shear_y = 0.0, 0.0, 0.0, 0.0, 0.0
     cx, cy = 0.0, 0.0
     if operation == "ShearX":
@@ -140,24 +145,26 @@ def _grayscale(images: Tensor) -> Tensor:
     return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze_(-3).floor_()
 
 
-def _blend(images: Tensor, other: Tensor, ratio: Tensor) -> Tensor:
-    """``ratio * images + (1 - ratio) * other`` per image, clamped to 0-255. ``ratio``: (N,) float64."""
-    weight = ratio.to(torch.float32).view(-1, 1, 1, 1)
-    rest = (1.0 - ratio).to(torch.float32).view(-1, 1, 1, 1)
-    return images.float().mul_(weight).add_(other * rest).clamp_(0, 255).to(torch.uint8)
+def _blend(images: Tensor, other: Tensor, weight: Tensor) -> Tensor:
+    """``weight * images + (1 - weight) * other`` per image, clamped to 0-255.
+    ``(N, C, H, W) uint8, (N, 1 or C, H or 1, W or 1) float32, (N, 2) float32 -> (N, C, H, W) uint8``;
+    ``weight[:, 0]`` is the factor and ``weight[:, 1]`` its complement (both rounded from float64 on the CPU,
+    as torchvision rounds its Python float)."""
+    factor, rest = weight[:, 0].view(-1, 1, 1, 1), weight[:, 1].view(-1, 1, 1, 1)
+    return images.float().mul_(factor).add_(other * rest).clamp_(0, 255).to(torch.uint8)
 
 
-def _color_operation(name: str, images: Tensor, factor: Tensor) -> Tensor:
-    """Brightness, Color (saturation), Contrast or Sharpness with a per-image ``factor`` (N,) float64 on the
-    images' device. ``(N, C, H, W) uint8 -> (N, C, H, W) uint8``."""
+def _color_operation(name: str, images: Tensor, weight: Tensor) -> Tensor:
+    """Brightness, Color (saturation), Contrast or Sharpness with a per-image factor: ``weight`` (N, 2) float32 on
+    the images' device holds the factor and one minus it. ``(N, C, H, W) uint8 -> (N, C, H, W) uint8``."""
     channels = images.shape[-3]
     if name == "Brightness":
-        return images.float().mul_(factor.to(torch.float32).view(-1, 1, 1, 1)).clamp_(0, 255).to(torch.uint8)
+        return images.float().mul_(weight[:, 0].view(-1, 1, 1, 1)).clamp_(0, 255).to(torch.uint8)
     if name == "Color":
-        return images if channels == 1 else _blend(images, _grayscale(images), factor)
+        return images if channels == 1 else _blend(images, _grayscale(images), weight)
     if name == "Contrast":
         gray = _grayscale(images) if channels == 3 else images.float()
-        return _blend(images, gray.mean(dim=(-3, -2, -1), keepdim=True), factor)
+        return _blend(images, gray.mean(dim=(-3, -2, -1), keepdim=True), weight)
     # Sharpness: blend the interior with a 3x3 smoothing (centre 5/13, the rest 1/13); the border stays.
     if images.shape[-1] <= 2 or images.shape[-2] <= 2:
         return images
@@ -166,60 +173,68 @@ def _color_operation(name: str, images: Tensor, factor: Tensor) -> Tensor:
     out = images.float()
     blurred = F.conv2d(out, kernel.expand(channels, 1, 3, 3), groups=channels).round_()
     inner = out[..., 1:-1, 1:-1]
-    inner.add_((blurred - inner).mul_((1.0 - factor).to(torch.float32).view(-1, 1, 1, 1)))
+    inner.add_((blurred - inner).mul_(weight[:, 1].view(-1, 1, 1, 1)))
     return out.clamp_(0, 255).to(torch.uint8)
 
 
+def _group(names: list[str], magnitudes: list[float], height: int, width: int) -> dict[str, list[int]]:
+    """The batch's images by what is done to them: ``affine`` for the shears, translations and rotations that
+    resample, ``rot90:k`` for the turns torchvision makes exactly with ``rot90``, else the operation's name."""
+    groups: dict[str, list[int]] = {}
+    for index, (name, magnitude) in enumerate(zip(names, magnitudes)):
+        turn = magnitude % 360
+        if name == "Rotate" and (turn in (0.0, 180.0) or (height == width and turn in (90.0, 270.0))):
+            name = f"rot90:{int(turn) // 90}"
+        elif name in _AFFINE:
+            name = "affine"
+        groups.setdefault(name, []).append(index)
+    return groups
+
+
 def apply_trivial_augment(images: Tensor, draw: TrivialAugmentDraw) -> Tensor:
-    """Apply the drawn operations, one group of images per operation. ``(N, C, H, W) uint8 -> same``."""
+    """Apply the drawn operations, one call per group of images. ``(N, C, H, W) uint8 -> (N, C, H, W) uint8``
+    with C = 1 or 3, on the images' device; ``draw`` (N draws) stays on the CPU, so that grouping the images
+    never waits for the device."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"TrivialAugment works on uint8 batches (N, 1 or 3, H, W), got {images.dtype} "
                          f"{tuple(images.shape)}")
     if len(draw) != images.shape[0]:
         raise ValueError(f"{len(draw)} draws for {images.shape[0]} images")
     height, width = images.shape[-2:]
-    out = images.clone()
+    device = images.device
     names = [OPERATIONS[i] for i in draw.operation.tolist()]
     magnitudes = draw.magnitude.tolist()
-    groups: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        turn = magnitudes[index] % 360
-        if name == "Rotate" and (turn in (0.0, 180.0) or (height == width and turn in (90.0, 270.0))):
-            name = f"rot90:{int(turn) // 90}"  # torchvision turns these exactly (rot90), as here
-        elif name in _AFFINE:
-            name = "affine"
-        groups.setdefault(name, []).append(index)
-
-    def put(indices: list[int], transform) -> None:  # noqa: ANN001 - a Tensor -> Tensor function
-        where = torch.tensor(indices).to(images.device, non_blocking=True)
-        out[where] = transform(images[where], where)
-
-    for name, indices in groups.items():
-        if name == "Identity" or name == "rot90:0":
+    out = images.clone()
+    for name, indices in _group(names, magnitudes, height, width).items():
+        if name in ("Identity", "rot90:0"):
             continue
+        where = torch.tensor(indices).to(device, non_blocking=True)
+        group = images[where]
         if name.startswith("rot90:"):
-            put(indices, lambda x, _w, k=int(name[-1]): torch.rot90(x, k=k, dims=(-2, -1)))
+            group = torch.rot90(group, k=int(name[-1]), dims=(-2, -1))
         elif name == "affine":
-            matrices = [_inverse_affine(names[i], magnitudes[i], height, width) for i in indices]
-            put(indices, lambda x, _w, m=matrices: _affine(x, m))
+            group = _affine(group, [_inverse_affine(names[i], magnitudes[i], height, width) for i in indices])
         elif name in _BLEND:
-            factor = (1.0 + draw.magnitude[indices]).to(images.device, non_blocking=True)
-            put(indices, lambda x, _w, n=name, f=factor: _color_operation(n, x, f))
+            factor = 1.0 + draw.magnitude[indices]                  # float64 on the CPU, as torchvision's float
+            weight = torch.stack([factor, 1.0 - factor], 1).to(torch.float32)   # no float64 on the device (MPS)
+            group = _color_operation(name, group, weight.to(device, non_blocking=True))
         elif name == "Posterize":
             bits = torch.tensor([int(magnitudes[i]) for i in indices])
-            mask = (((1 << bits) - 1) << (8 - bits)).to(torch.uint8).to(images.device, non_blocking=True)
-            put(indices, lambda x, _w, m=mask: x & m.view(-1, 1, 1, 1))
+            mask = (((1 << bits) - 1) << (8 - bits)).to(torch.uint8).to(device, non_blocking=True)
+            group = group & mask.view(-1, 1, 1, 1)
         elif name == "Solarize":
             threshold = torch.tensor([255.0 * magnitudes[i] for i in indices], dtype=torch.float64)
-            threshold = threshold.to(torch.float32).to(images.device, non_blocking=True)
-            put(indices, lambda x, _w, t=threshold: torch.where(x.float() >= t.view(-1, 1, 1, 1), 255 - x, x))
+            threshold = threshold.to(torch.float32).to(device, non_blocking=True).view(-1, 1, 1, 1)
+            group = torch.where(group.float() >= threshold, 255 - group, group)
         elif name == "AutoContrast":
-            put(indices, lambda x, _w: TF.autocontrast(x))   # per image and channel already
+            group = TF.autocontrast(group)    # per image and channel already
         elif name == "Equalize":
-            put(indices, lambda x, _w: TF.equalize(x))       # torchvision's batched histogram kernel
+            group = TF.equalize(group)        # torchvision's batched histogram kernel
+        out[where] = group
     return out
 
 
 def batched_trivial_augment(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """TrivialAugmentWide on a whole uint8 batch, on the batch's device. ``(N, C, H, W) -> (N, C, H, W)``."""
+    """TrivialAugmentWide on a whole uint8 batch, on the batch's device: draws from ``generator`` (default: the
+    global CPU generator) then :func:`apply_trivial_augment`. ``(N, C, H, W) -> (N, C, H, W)``, C = 1 or 3."""
     return apply_trivial_augment(images, draw_trivial_augment(images.shape[0], generator))
