@@ -16,6 +16,7 @@ from vitlab.configs import Config, ConfigError
 from vitlab.data import normalize
 from vitlab.registry import build_model, create_model, get_model, model_config, model_names, register_model
 from vitlab.report import build_report
+from vitlab.runfolder import run as run_module
 from vitlab.runs import Run, RunError, count_flops, model_from_spec, model_spec, train_run
 from vitlab.train import TrainConfig, fit, make_optimizer, recipe
 
@@ -300,8 +301,6 @@ def test_cli_nonsense_flags_are_one_line_errors(tmp_path):
 def test_device_name_names_the_cpu_model(tmp_path, monkeypatch) -> None:
     """A budgeted run's record says which CPU it ran on: the same budget buys 2-3x more steps on one 2-core
     machine than on another, so the report must be able to tell them apart."""
-    from vitlab.runfolder import run as run_module
-
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t:  AMD   EPYC 9R14\n"
                        "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")

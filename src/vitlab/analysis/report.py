@@ -765,16 +765,12 @@ def machine_class(metrics: dict[str, Any]) -> str:
     return f"{short}, Intel CPU with AMX" if "with AMX" in precision else short
 
 
-def _budget_machine(run: dict[str, Any]) -> str:
-    return machine_class(run["metrics"])
-
-
 def _budget_label(run: dict[str, Any]) -> str:
     """``model (augmentation, machine)``, plus the learning rate where the run changed its registered recipe's."""
     train = run["config"]["train"]
     registered_lr = float(get_model(run["metrics"]["model"]).recipe.get("lr", 1e-3))
     extra = f", lr {train['lr']:g}" if train["lr"] != registered_lr else ""
-    return f"{run['metrics']['model']} ({train['augment']}{extra}, {_budget_machine(run)})"
+    return f"{run['metrics']['model']} ({train['augment']}{extra}, {machine_class(run['metrics'])})"
 
 
 def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
@@ -788,7 +784,7 @@ def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str
         cells.setdefault(label, {}).setdefault(run["metrics"]["time_budget_s"] / 60, []).append(
             100 * run["metrics"]["test_accuracy"])
         transformer[label] = _is_transformer(run)
-        machine[label] = _budget_machine(run)
+        machine[label] = machine_class(run["metrics"])
     budgets = sorted({b for by_budget in cells.values() for b in by_budget})
     devices = sorted({r["metrics"].get("device", "?") for r in runs})
     md = ["## Time to accuracy on CIFAR-10", "",
@@ -840,8 +836,7 @@ def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str
                           f"{best[False][1]} {best[False][0]:.2f} % ({best[True][0] - best[False][0]:+.2f} points).")
                 if crossed is None and best[True][0] >= best[False][0]:
                     crossed = b
-        compared = [b for b in budgets if sum(b in v for v in own.values()) > 1
-                    and len({transformer[label] for label, v in own.items() if b in v}) == 2]
+        compared = [b for b in budgets if len({transformer[label] for label, v in own.items() if b in v}) == 2]
         if not compared:
             continue
         md.append(f"- {prefix}The best transformer first matches the best CNN at {crossed:g} min."

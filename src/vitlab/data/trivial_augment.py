@@ -41,19 +41,28 @@ _AFFINE = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _BLEND = ("Brightness", "Color", "Contrast", "Sharpness")
 
 
+#: The strengths that are ``linspace(start, end, 31)`` in torchvision's table (Posterize's are bit counts).
+_LINEAR_RANGES: dict[str, tuple[float, float]] = {
+    "ShearX": (0.0, 0.99), "ShearY": (0.0, 0.99), "TranslateX": (0.0, 32.0), "TranslateY": (0.0, 32.0),
+    "Rotate": (0.0, 135.0), "Brightness": (0.0, 0.99), "Color": (0.0, 0.99), "Contrast": (0.0, 0.99),
+    "Sharpness": (0.0, 0.99), "Solarize": (1.0, 0.0)}
+
+
 def _magnitudes(operation: str, bins: int = NUM_MAGNITUDE_BINS) -> Tensor | None:
     """The ``(bins,)`` strengths of one operation, exactly as torchvision tabulates them (float32; int32 bits
     for Posterize), or ``None`` for the operations without a strength."""
-    table = {
-        "ShearX": lambda: torch.linspace(0.0, 0.99, bins), "ShearY": lambda: torch.linspace(0.0, 0.99, bins),
-        "TranslateX": lambda: torch.linspace(0.0, 32.0, bins), "TranslateY": lambda: torch.linspace(0.0, 32.0, bins),
-        "Rotate": lambda: torch.linspace(0.0, 135.0, bins),
-        "Brightness": lambda: torch.linspace(0.0, 0.99, bins), "Color": lambda: torch.linspace(0.0, 0.99, bins),
-        "Contrast": lambda: torch.linspace(0.0, 0.99, bins), "Sharpness": lambda: torch.linspace(0.0, 0.99, bins),
-        "Posterize": lambda: (8 - (torch.arange(bins) / ((bins - 1) / 6))).round().int(),
-        "Solarize": lambda: torch.linspace(1.0, 0.0, bins),
-    }
-    return table[operation]() if operation in table else None
+    if operation == "Posterize":
+        return (8 - (torch.arange(bins) / ((bins - 1) / 6))).round().int()
+    if operation in _LINEAR_RANGES:
+        return torch.linspace(*_LINEAR_RANGES[operation], bins)
+    return None
+
+
+#: ``(14, 31)`` float64: every operation's strengths by level (zeros where it has none), built once.
+_STRENGTHS = torch.stack([torch.zeros(NUM_MAGNITUDE_BINS, dtype=torch.float64) if (table := _magnitudes(name)) is None
+                          else table.double() for name in OPERATIONS])
+#: ``(14,)`` bool: which operations draw a sign.
+_SIGNED_MASK = torch.tensor([name in _SIGNED for name in OPERATIONS])
 
 
 class TrivialAugmentDraw:
@@ -81,16 +90,8 @@ def draw_trivial_augment(n: int, generator: torch.Generator | None = None) -> Tr
     operation = torch.randint(len(OPERATIONS), (n,), generator=generator)
     level = torch.randint(NUM_MAGNITUDE_BINS, (n,), generator=generator)
     negative = torch.rand(n, generator=generator, dtype=torch.float64) <= 0.5
-    magnitude = torch.zeros(n, dtype=torch.float64)
-    for index, name in enumerate(OPERATIONS):
-        table = _magnitudes(name)
-        chosen = operation == index
-        if table is None or not chosen.any():
-            continue
-        values = table.double()[level[chosen]]
-        if name in _SIGNED:
-            values = torch.where(negative[chosen], -values, values)
-        magnitude[chosen] = values
+    magnitude = _STRENGTHS[operation, level]
+    magnitude = torch.where(negative & _SIGNED_MASK[operation], -magnitude, magnitude)
     return TrivialAugmentDraw(operation, magnitude)
 
 
