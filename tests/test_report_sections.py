@@ -7,6 +7,7 @@ import pytest
 
 from vitlab.analysis.report import (
     PUBLISHED_CIFAR10,
+    _conclusions,
     _robustness_section,
     _seed_summary,
     _time_to_accuracy_section,
@@ -92,6 +93,29 @@ def test_robustness_section_is_empty_without_records(tmp_path: Path) -> None:
 @pytest.mark.parametrize("model", sorted(PUBLISHED_CIFAR10))
 def test_published_numbers_name_registered_models(model: str) -> None:
     assert f"{PUBLISHED_CIFAR10[model][0]:.2f} % published" in get_model(model).description
+
+
+def result_row(model: str, family: str, accuracy: float, images_per_s: float, machine: str) -> dict:
+    return {"run": f"reports/runs/{model}-{machine}", "model": model, "family": family, "transformer": family == "ViT",
+            "accuracy": accuracy, "params": 1000, "train_time_s": 600.0, "images_per_s": images_per_s,
+            "epochs_done": "10 epochs", "time_budget_s": 600, "machine": machine}
+
+
+def test_conclusions_compare_speeds_and_budgets_only_within_one_machine() -> None:
+    """A results table may hold runs recorded on two machines: each gets its own speed range, and runs of equal
+    budget on different machines are not called a same-machine comparison."""
+    rows = [result_row("vit_mnist", "ViT", 99.2, 3000, "bf16, Intel CPU with AMX"),
+            result_row("simple_cnn", "CNN", 99.0, 6000, "bf16, Intel CPU with AMX"),
+            result_row("cct_2_3x2", "cct", 99.1, 700, "fp32, AMD EPYC")]
+    text = "\n".join(_conclusions("mnist", rows, []))
+    assert "Training throughput (bf16, Intel CPU with AMX) ranged from 3,000 images/s (vit_mnist) to 6,000" in text
+    assert "700 images/s" not in text                        # one run on the EPYC: no range, never against the Xeon
+    assert "recorded on 2 machines (bf16, Intel CPU with AMX; fp32, AMD EPYC)" in text
+    assert "on the same machine" not in text
+    same = [dict(row, machine="fp32, AMD EPYC") for row in rows]
+    text = "\n".join(_conclusions("mnist", same, []))
+    assert "Training throughput (fp32, AMD EPYC) ranged from 700 images/s (cct_2_3x2) to 6,000" in text
+    assert "on the same machine" in text and "machines (" not in text
 
 
 def classify_run(model: str, seed: int, accuracy: float, budget_s: float | None = None, **recipe: object) -> dict:

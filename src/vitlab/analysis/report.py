@@ -334,7 +334,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
                      f"with {v['params'] / max(c['params'], 1):.2f}x its parameters.")
         budgeted = [r for r in rows if r.get("time_budget_s")]
         budgets = {r["time_budget_s"] for r in budgeted}
-        if len(budgets) == 1 and len(budgeted) >= 2:
+        if len(budgets) == 1 and len(budgeted) >= 2 and len({r["machine"] for r in budgeted}) == 1:
             budget = budgets.pop()
             spent = [r["train_time_s"] for r in budgeted]
             lines.append(f"{len(budgeted)} models were given the same wall-clock training budget of {budget:.0f} s "
@@ -352,13 +352,21 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
                          "also runs the teacher).")
         else:
             lines.append("Training times differ between runs (see the table): compare accuracy together with time.")
+    # Speeds compare only within one machine: runs recorded on two machines get a range each.
     speeds = [r for r in rows if r["images_per_s"]]
-    if len(speeds) >= 2:
-        fast = max(speeds, key=lambda r: r["images_per_s"])
-        slow = min(speeds, key=lambda r: r["images_per_s"])
-        lines.append(f"Training throughput on this machine ranged from {slow['images_per_s']:,.0f} images/s "
+    machines = sorted({r["machine"] for r in speeds})
+    for machine in machines:
+        on_it = [r for r in speeds if r["machine"] == machine]
+        if len(on_it) < 2:
+            continue
+        fast = max(on_it, key=lambda r: r["images_per_s"])
+        slow = min(on_it, key=lambda r: r["images_per_s"])
+        lines.append(f"Training throughput ({machine}) ranged from {slow['images_per_s']:,.0f} images/s "
                      f"({slow['model']}) to {fast['images_per_s']:,.0f} images/s ({fast['model']}), a factor of "
                      f"{fast['images_per_s'] / slow['images_per_s']:.1f}.")
+    if len(machines) > 1:
+        lines.append(f"These runs were recorded on {len(machines)} machines ({'; '.join(machines)}): compare "
+                     "speeds and budgeted accuracies only within one.")
     lines += _distillation_lines(runs)
     seeded = len({_model_label(run) for run in runs}) < len(runs)  # several seeds of a model: say which one
     for run in runs:
@@ -982,7 +990,7 @@ def build_report(run_paths: Sequence[str | Path], out: str | Path = "reports", t
                          "accuracy": 100 * m["test_accuracy"], "n": m["test_n"], "params": m["params"],
                          "mflops": _mflops(run), "train_time_s": m["train_time_s"],
                          "images_per_s": _throughput(run), "epochs_done": epochs_done,
-                         "time_budget_s": m.get("time_budget_s")})
+                         "time_budget_s": m.get("time_budget_s"), "machine": machine_class(m)})
         rows.sort(key=lambda r: -r["accuracy"])
         md += [f"### {dataset}", "",
                "| model | family | test accuracy | test images | parameters | MFLOPs / image | training | "
