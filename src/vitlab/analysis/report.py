@@ -109,11 +109,13 @@ _NOT_A_SETTING = ("seed", "eval_batch_size", "compile")
 
 def _setting(run: dict[str, Any]) -> tuple[Any, ...]:
     """What must be equal for two runs to be seeds of one setting: the model label, the dataset size, the time
-    budget, the model's config, and every recipe field but the seed (``epochs`` too when there is no budget)."""
+    budget, the model's config, and every recipe field but the seed (``epochs`` and ``max_steps_per_epoch`` too
+    when there is no budget: a budget plans them from each run's own measured step)."""
     budget = run["metrics"].get("time_budget_s")
     train = run["config"].get("train", {})
+    planned = ("epochs", "max_steps_per_epoch")  # what a budget plans from each run's own step measurement
     recipe = tuple(sorted((k, str(v)) for k, v in train.items()
-                          if k not in _NOT_A_SETTING and not (budget and k == "epochs")))
+                          if k not in _NOT_A_SETTING and not (budget and k in planned)))
     architecture = run["config"].get("model", {}).get("config") or {}  # e.g. --model-arg pool=mean
     recipe += tuple(sorted((k, str(v)) for k, v in architecture.items()))
     return (_model_label(run), run["metrics"].get("train_n"), budget, recipe)
