@@ -110,8 +110,14 @@ def test_conclusions_compare_speeds_and_budgets_only_within_one_machine() -> Non
     text = "\n".join(_conclusions("mnist", rows, []))
     assert "Training throughput (bf16, Intel CPU with AMX) ranged from 3,000 images/s (vit_mnist) to 6,000" in text
     assert "700 images/s" not in text                        # one run on the EPYC: no range, never against the Xeon
-    assert "recorded on 2 machines (bf16, Intel CPU with AMX; fp32, AMD EPYC)" in text
+    assert "recorded on 2 machine classes (bf16, Intel CPU with AMX; fp32, AMD EPYC): compare speeds and " \
+        "time-budgeted accuracies only within one" in text
     assert "on the same machine" not in text
+    # ResNet-20's family (cifar_resnet) is a CNN too: the transformer is compared with it.
+    resnet = dict(rows[1], model="resnet20", family="cifar_resnet", accuracy=99.5, images_per_s=None)
+    text = "\n".join(_conclusions("mnist", [rows[0], resnet, dict(rows[2], images_per_s=None)], []))
+    assert "0.30 percentage points below the best CNN (resnet20, 99.50 %)" in text
+    assert "recorded on 2 machine classes" in text          # a machine without a speed still counts
     same = [dict(row, machine="fp32, AMD EPYC") for row in rows]
     text = "\n".join(_conclusions("mnist", same, []))
     assert "Training throughput (fp32, AMD EPYC) ranged from 700 images/s (cct_2_3x2) to 6,000" in text

@@ -325,7 +325,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
     lines.append(f"Best test accuracy on {dataset}: **{best['model']}**, {best['accuracy']:.2f} % "
                  f"(run `{best['run']}`).")
     vits = [r for r in rows if r["transformer"]]
-    cnns = [r for r in rows if r["family"] == "CNN"]
+    cnns = [r for r in rows if not r["transformer"]]  # every convolutional family: cnn, cifar_resnet, ...
     if vits and cnns:
         v = max(vits, key=lambda r: r["accuracy"])
         c = max(cnns, key=lambda r: r["accuracy"])
@@ -356,7 +356,7 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
             lines.append("Training times differ between runs (see the table): compare accuracy together with time.")
     # Speeds compare only within one machine: runs recorded on two machines get a range each.
     speeds = [r for r in rows if r["images_per_s"]]
-    machines = sorted({r["machine"] for r in speeds})
+    machines = sorted({r["machine"] for r in rows})
     for machine in machines:
         on_it = [r for r in speeds if r["machine"] == machine]
         if len(on_it) < 2:
@@ -367,8 +367,9 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
                      f"({slow['model']}) to {fast['images_per_s']:,.0f} images/s ({fast['model']}), a factor of "
                      f"{fast['images_per_s'] / slow['images_per_s']:.1f}.")
     if len(machines) > 1:
-        lines.append(f"These runs were recorded on {len(machines)} machines ({'; '.join(machines)}): compare "
-                     "speeds and budgeted accuracies only within one.")
+        budgeted = " and time-budgeted accuracies" if any(r.get("time_budget_s") for r in rows) else ""
+        lines.append(f"These runs were recorded on {len(machines)} machine classes ({'; '.join(machines)}): compare "
+                     f"speeds{budgeted} only within one.")
     lines += _distillation_lines(runs)
     seeded = len({_model_label(run) for run in runs}) < len(runs)  # several seeds of a model: say which one
     for run in runs:
