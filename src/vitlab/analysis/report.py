@@ -367,9 +367,9 @@ def _conclusions(dataset: str, rows: list[dict[str, Any]], runs: list[dict[str, 
                      f"({slow['model']}) to {fast['images_per_s']:,.0f} images/s ({fast['model']}), a factor of "
                      f"{fast['images_per_s'] / slow['images_per_s']:.1f}.")
     if len(machines) > 1:
-        budgeted = " and time-budgeted accuracies" if any(r.get("time_budget_s") for r in rows) else ""
+        and_budgets = " and time-budgeted accuracies" if any(r.get("time_budget_s") for r in rows) else ""
         lines.append(f"These runs were recorded on {len(machines)} machine classes ({'; '.join(machines)}): compare "
-                     f"speeds{budgeted} only within one.")
+                     f"speeds{and_budgets} only within one.")
     lines += _distillation_lines(runs)
     seeded = len({_model_label(run) for run in runs}) < len(runs)  # several seeds of a model: say which one
     for run in runs:
