@@ -12,6 +12,7 @@ from vitlab.analysis.report import (
     _seed_summary,
     _time_to_accuracy_section,
     machine_class,
+    recipe_changes,
 )
 from vitlab.models.registry import get_model
 
@@ -57,6 +58,27 @@ def test_time_to_accuracy_keeps_each_machine_apart(tmp_path: Path) -> None:
     assert machine_class({"precision": "fp32", "device": "cpu (2 cores, x86_64)"}) == "fp32"
     assert machine_class({"precision": "bf16 (autocast)", "device": "cuda (NVIDIA H200)"}) == "bf16, NVIDIA H200"
     assert "+5.00 points" in text and "-10.00 points" in text and "+10.00" not in text   # never across machines
+
+
+def test_time_to_accuracy_gives_each_searched_recipe_its_own_row(tmp_path: Path) -> None:
+    """The CIFAR-10 search varies learning rate, batch size and label smoothing: a run that changed one of them
+    from its registered recipe is its own row, never averaged into the registered recipe's seeds."""
+    registered = get_model("cct_2_3x2").recipe
+    runs = [budget_run("cct_2_3x2", "cct", 5, 0.60), budget_run("cct_2_3x2", "cct", 5, 0.62),
+            budget_run("cct_2_3x2", "cct", 5, 0.50), budget_run("cct_2_3x2", "cct", 5, 0.70),
+            budget_run("cct_2_3x2", "cct", 5, 0.40)]
+    runs[0]["config"]["train"].update(lr=registered["lr"], batch_size=registered["batch_size"],
+                                      label_smoothing=registered["label_smoothing"])        # the recipe, spelled out
+    runs[2]["config"]["train"]["label_smoothing"] = 0.0
+    runs[3]["config"]["train"].update(lr=2e-3, batch_size=256)
+    runs[4]["config"]["train"]["lr"] = 2e-3
+    assert recipe_changes(runs[0]) == [] and recipe_changes(runs[2]) == ["label smoothing 0"]
+    assert recipe_changes(runs[3]) == ["lr 0.002", "batch 256"]
+    text = "\n".join(_time_to_accuracy_section(runs, tmp_path))
+    assert "| cct_2_3x2 (cifar, fp32) | 61.00 % ± 1.41 (2) |" in text
+    assert "| cct_2_3x2 (cifar, label smoothing 0, fp32) | 50.00 % |" in text
+    assert "| cct_2_3x2 (cifar, lr 0.002, batch 256, fp32) | 70.00 % |" in text
+    assert "| cct_2_3x2 (cifar, lr 0.002, fp32) | 40.00 % |" in text
 
 
 def record(dataset: str, family: str, clean: float, pgd: list[float], corruption: list[float]) -> dict:

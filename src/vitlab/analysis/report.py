@@ -38,7 +38,7 @@ from ..runfolder.schema import RunConfig, source_kind
 from .plots import plot_per_class
 from .robustness import mean_corruption_error
 
-__all__ = ["load_runs", "recorded_runs", "build_report", "machine_class"]
+__all__ = ["load_runs", "recorded_runs", "build_report", "machine_class", "recipe_changes"]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -776,12 +776,25 @@ def machine_class(metrics: dict[str, Any]) -> str:
     return f"{short}, Intel CPU with AMX" if "with AMX" in precision else short
 
 
-def _budget_label(run: dict[str, Any]) -> str:
-    """``model (augmentation, machine)``, plus the learning rate where the run changed its registered recipe's."""
+#: The recipe fields the CIFAR-10 search varies besides augmentation (which every row names), with their label.
+_SEARCHED_FIELDS = {"lr": "lr", "batch_size": "batch", "label_smoothing": "label smoothing"}
+
+
+def recipe_changes(run: dict[str, Any]) -> list[str]:
+    """The searched recipe fields (learning rate, batch size, label smoothing) in which a run differs from its
+    model's registered recipe, e.g. ``["lr 0.002", "batch 256"]``; ``[]`` for a run of the registered recipe.
+    Only fields the registered recipe sets are compared (ResNet-18 registers none)."""
     train = run["config"]["train"]
-    registered_lr = float(get_model(run["metrics"]["model"]).recipe.get("lr", 1e-3))
-    extra = f", lr {train['lr']:g}" if train["lr"] != registered_lr else ""
-    return f"{run['metrics']['model']} ({train['augment']}{extra}, {machine_class(run['metrics'])})"
+    recipe = get_model(run["metrics"]["model"]).recipe
+    return [f"{short} {float(train[name]):g}" for name, short in _SEARCHED_FIELDS.items()
+            if name in recipe and float(train.get(name, recipe[name])) != float(recipe[name])]
+
+
+def _budget_label(run: dict[str, Any]) -> str:
+    """``model (augmentation, machine)``, plus the searched fields where the run changed its registered recipe
+    (``cct_2_3x2 (cifar, lr 0.002, batch 256, fp32, AMD EPYC)``): each recipe is its own row and curve."""
+    changes = "".join(f", {change}" for change in recipe_changes(run))
+    return f"{run['metrics']['model']} ({run['config']['train']['augment']}{changes}, {machine_class(run['metrics'])})"
 
 
 def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
