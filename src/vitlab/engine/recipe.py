@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..core.configs import Config, ConfigError
+from ..core.layout import MemoryFormat
 from ..core.precision import Precision
 from ..data.augment import AUGMENTATIONS
 from ..models.registry import get_model
@@ -66,6 +67,9 @@ class TrainConfig(Config):
         "cores, a CPU with AMX), else fp32 (vitlab.precision)"))
     compile: bool = field(default=False, metadata=_help("torch.compile the model for training (opt-in: slower on "
                                                         "some presets and machines; `make bench` measures it)"))
+    memory_format: MemoryFormat = field(default="auto", metadata=_help(
+        "layout of image batches and convolution weights: channels_last (faster CPU convolutions: CNNs and CCT), "
+        "contiguous, or auto: the model family's choice (vitlab.core.layout)"))
     max_steps_per_epoch: int | None = field(default=None, metadata=_help("cut epochs short (smoke tests)"))
     freeze: Freeze = field(default="none", metadata=_help("'backbone': train only the classifier head (a linear "
                                                           "probe); frozen layers also run in eval mode"))
@@ -136,7 +140,7 @@ def recipe(model_name: str | None = None, **overrides: Any) -> TrainConfig:
 
 
 #: Fields that change how fast a run goes, not what it computes: a resumed run may change them.
-SPEED_ONLY_FIELDS = ("compile",)
+SPEED_ONLY_FIELDS = ("compile", "memory_format")
 
 
 def recipe_differences(saved: dict[str, Any], config: Config) -> dict[str, tuple[Any, Any]]:

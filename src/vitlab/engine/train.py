@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..core.configs import ConfigError
 from ..core.io import CheckpointError, unwrap
+from ..core.layout import model_memory_format, to_memory_format
 from ..core.precision import autocast_context
 from ..core.runtime import pick_device, seed_everything
 from ..data.augment import get_augmentation
@@ -249,7 +250,8 @@ def evaluate(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 10
     classes = dataset.num_classes
     confusion = torch.zeros(classes, classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    loader = BatchLoader(dataset, batch_size, device=device, rank=dist.rank, world_size=dist.world_size)
+    loader = BatchLoader(dataset, batch_size, device=device, rank=dist.rank, world_size=dist.world_size,
+                         memory_format=model_memory_format(model))  # batches laid out as the weights are
     autocast = autocast_context(device, precision)  # resolved once, not per batch
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         with autocast:
@@ -301,6 +303,7 @@ class ClassifierTrainer:
         seed_everything(config.seed + dist.rank)
         self.model, self.val_set, self.config, self.device, self.dist = model, val_set, config, device, dist
         model.to(device)
+        memory_format = to_memory_format(model, config.memory_format)  # before DDP, EMA and the optimizer
         if config.freeze == "backbone":  # before DDP, which registers a gradient hook per trainable parameter
             freeze_backbone(model)
         self.train_model: nn.Module = model
@@ -311,7 +314,7 @@ class ClassifierTrainer:
             self.train_model = torch.compile(self.train_model)
         self.loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                                   device=device, augment=get_augmentation(config.augment), rank=dist.rank,
-                                  world_size=dist.world_size)
+                                  world_size=dist.world_size, memory_format=memory_format)
         self.steps_per_epoch = min(len(self.loader), config.max_steps_per_epoch or len(self.loader))
         if self.steps_per_epoch == 0:
             raise ValueError(f"training set of {len(train_set)} images is smaller than one batch of "
@@ -395,6 +398,7 @@ def budget_plan(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageT
         raise ValueError(f"time budget must be a positive number of seconds, got {budget_s}")
     device = pick_device(None if device is None else str(device))
     probe = copy.deepcopy(model).to(device)
+    memory_format = to_memory_format(probe, config.memory_format)  # timed in the layout the run will train in
     if config.freeze == "backbone":
         freeze_backbone(probe)
     set_train_mode(probe)
@@ -403,7 +407,7 @@ def budget_plan(model: nn.Module, train_set: ImageTensorDataset, val_set: ImageT
     step_model = torch.compile(probe) if config.compile else probe  # compiled in the first, untimed steps
     average = weight_average(probe, config.ema_decay) if config.ema_decay else None  # its update is part of a step
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, device=device,
-                         augment=get_augmentation(config.augment))
+                         augment=get_augmentation(config.augment), memory_format=memory_format)
     autocast = autocast_context(device, config.precision)
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:  # as many epochs as the probe needs (tiny sets: 1 batch each)

@@ -152,6 +152,7 @@ class CCT(nn.Module):
     config_class = CCTConfig
     has_attention_maps = False  # no class token: attention rollout has no row to read
     is_transformer = True
+    prefers_channels_last = True  # oneDNN convolutions run faster on NHWC batches (vitlab.core.layout)
     num_prefix_tokens = 0       # every token is an image region (Grad-CAM reshapes them all to the grid)
 
     def __init__(self, config: CCTConfig | None = None, **overrides: Any) -> None:

@@ -106,6 +106,7 @@ class CIFARResNet(nn.Module):
     config_class = CIFARResNetConfig
     has_attention_maps = False
     is_transformer = False
+    prefers_channels_last = True  # oneDNN convolutions run faster on NHWC batches (vitlab.core.layout)
 
     def __init__(self, config: CIFARResNetConfig | None = None) -> None:
         super().__init__()

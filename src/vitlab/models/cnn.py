@@ -81,6 +81,7 @@ class CNNClassifier(nn.Module):
     family = "cnn"
     config_class = CNNConfig
     has_attention_maps = False
+    prefers_channels_last = True  # oneDNN convolutions run faster on NHWC batches (vitlab.core.layout)
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
