@@ -8,8 +8,13 @@ import torch
 
 from vitlab.checkpoint import load_weights
 from vitlab.core.configs import ConfigError
-from vitlab.core.layout import (format_batch, model_memory_format, prefers_channels_last, resolve_memory_format,
-                                to_memory_format)
+from vitlab.core.layout import (
+    format_batch,
+    model_memory_format,
+    prefers_channels_last,
+    resolve_memory_format,
+    to_memory_format,
+)
 from vitlab.data.loader import BatchLoader
 from vitlab.engine.recipe import recipe_differences
 from vitlab.model import create_model
