@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vitlab.analysis import report
 from vitlab.checkpoint import load_weights
 from vitlab.core.configs import ConfigError
 from vitlab.core.layout import (
@@ -16,7 +17,7 @@ from vitlab.core.layout import (
     to_memory_format,
 )
 from vitlab.data.loader import BatchLoader
-from vitlab.engine.recipe import recipe_differences
+from vitlab.engine.recipe import SPEED_ONLY_FIELDS, recipe_differences
 from vitlab.model import create_model
 from vitlab.train import TrainConfig, evaluate, fit
 
@@ -112,3 +113,10 @@ def test_the_layout_is_a_speed_setting_a_resumed_run_may_change() -> None:
     assert recipe_differences(saved, TrainConfig(memory_format="channels_last")) == {}
     recorded_before_the_field = {k: v for k, v in saved.items() if k != "memory_format"}
     assert TrainConfig.from_dict(recorded_before_the_field).memory_format == "auto"
+
+
+def test_the_report_ignores_every_speed_only_field() -> None:
+    """The report (a floor below the engine) keeps its own list of fields that do not make two runs different
+    settings; every speed-only field must be on it, or a run with ``memory_format`` recorded and one from
+    before the field existed would be reported as two recipes."""
+    assert set(SPEED_ONLY_FIELDS) <= set(report._NOT_A_SETTING)

@@ -13,7 +13,8 @@ folder and the floors below (``tests/test_layering.py`` fails on any arrow back 
     2  models/      registry, vit, cnn, deit, swin, early_exit, segmentation, detection, losses, convert,
                     measure; each family one module plus one line in the registry
     1  layers/      patches, tokens, positional, attention, encoder (lessons 01-04)
-    0  core/        configs, runtime (device, seed), precision, io (atomic files, safetensors)
+    0  core/        configs, runtime (device, seed), precision, layout (channels-last), io (atomic files,
+                    safetensors)
 
 The canonical name of every module is its folder path, e.g. :mod:`vitlab.layers.patches` or
 :mod:`vitlab.engine.train`. The flat names the lessons and earlier versions use (:data:`FLAT_NAMES`:

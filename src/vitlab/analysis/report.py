@@ -103,8 +103,9 @@ def _accuracies_by_label(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 
 #: Recipe fields that do not make two runs different settings: the seed itself, and what follows from it
-#: or only changes speed (a time budget plans ``epochs`` from each run's own measured step).
-_NOT_A_SETTING = ("seed", "eval_batch_size", "compile")
+#: or only changes speed (a time budget plans ``epochs`` from each run's own measured step; the training
+#: engine's ``SPEED_ONLY_FIELDS``, which this floor cannot import, are listed again and tested to match).
+_NOT_A_SETTING = ("seed", "eval_batch_size", "compile", "memory_format")
 
 
 def _setting(run: dict[str, Any]) -> tuple[Any, ...]:

@@ -3,19 +3,20 @@ default) or channels-last (NHWC), chosen per model.
 
 A tensor's shape says nothing about how its numbers lie in memory: an ``(N, C, H, W)`` batch may hold each
 channel's plane in turn (``contiguous``) or each pixel's channels side by side (``channels_last``). The
-shape, the values and every result stay the same either way; only the speed changes. CPU convolutions
+shape and the values are the same either way, and results agree to float rounding (a convolution may sum in
+another order); what changes is the speed. CPU convolutions
 (oneDNN) and GPU tensor cores run faster on channels-last, where one pixel's channels are one short vector.
-Measured on a 2-core AMD EPYC without AMX (fp32, batch 128, one AdamW training step, model and batch both
-channels-last against both contiguous): CCT-2/3x2 on CIFAR-10 1.42x faster (0.544 -> 0.384 s), on MNIST
-with a 32-channel tokenizer 1.54x (0.261 -> 0.169 s), CIFAR ResNet-20 1.20x (0.468 -> 0.389 s), ResNet-18
-1.25x, VGG-11 1.03x. A ViT is slower (``vit_mnist`` 0.053 -> 0.061 s, ``vit_cifar_small`` 0.523 -> 0.595 s):
-its only convolution is the patch embedding, whose channels-last output must be copied back into token
-order.
+``tools/layout_bench.py`` times a real training step of each preset in both layouts, alternating them (its
+table is on the documentation's precision page). On a 2-core AMD EPYC: ``simple_cnn`` 1.44x, ResNet-18
+1.22x, CCT-2 on CIFAR-10 1.20x faster channels-last; ResNet-20 and CCT-2's small MNIST tokenizer 1.05-1.07x;
+the ViTs, whose one convolution is the patch embedding, within the machine's noise (0.93x and 1.17x).
 
 So the layout is a per-family choice: a model class that gains from channels-last says so with a class
-attribute ``prefers_channels_last = True`` (the CNNs and CCT), and ``--memory-format auto`` (the default)
-follows it. ``contiguous`` and ``channels_last`` force one layout. Weights are always *saved* contiguous
-(:func:`vitlab.core.io.save_weights`), so a run's files do not depend on the layout it trained in.
+attribute ``prefers_channels_last = True`` (the CNNs, the CIFAR ResNets and CCT), and ``--memory-format auto``
+(the default) follows it; the ViT families keep PyTorch's layout, which gains them nothing measurable and keeps
+their runs bit for bit what they were before the layout existed. ``contiguous`` and ``channels_last`` force one
+layout. Weights are always *saved* contiguous (:func:`vitlab.core.io.save_weights`), so a run's files do not
+depend on the layout it trained in.
 """
 
 from __future__ import annotations
