@@ -1,13 +1,18 @@
 """Seconds per training step of vitlab's models in the two memory layouts (``--memory-format contiguous`` and
 ``channels_last``; :mod:`vitlab.core.layout`), measured with the time-budget planner's own probe: batch fetch,
-augmentation, forward, loss, backward, AdamW step, each model with its registered recipe (batch size,
+augmentation, forward, loss, backward, optimizer step, each model with its registered recipe (batch size,
 augmentation, precision ``auto``). The data is random uint8 images of the dataset's shape, so no download is
 needed; only the speed is measured.
 
+The ``contiguous`` column is the path every run took before layouts were chosen (PyTorch's default weights,
+the batch as augmentation leaves it). ``vit_mnist`` is the control: it has no convolution and its one-channel
+batches are both layouts at once, so its two columns do identical work and their ratio is the tool's noise.
+
 Usage: ``python tools/layout_bench.py [--steps 15] [--rounds 3] [--out bench/layout.json]`` (about 12 minutes on a
-2-core CPU). Each model is timed in the two layouts in turn, ``--rounds`` times (a shared 2-core VM drifts by
-10-20 % within minutes, so one pair of numbers can mislead); each number is the median of ``--steps`` timed steps
-after warm-up, and the table gives the median round. Compare rows only within one run on one machine.
+2-core CPU). Each model is timed in the two layouts in turn, ``--rounds`` times, the first layout alternating
+(a shared 2-core VM drifts by 10-20 % within minutes, so one pair of numbers can mislead); each number is the
+median of ``--steps`` timed steps after warm-up, and the table gives the median round. Compare rows only within
+one run on one machine.
 """
 
 from __future__ import annotations
@@ -64,8 +69,11 @@ def main() -> None:
     print("| model | auto picks | contiguous | channels-last | speed-up (each round) |\n|---|---|---:|---:|---:|")
     for label, name, model_args, shape in CASES:
         steps = min(args.steps, 5) if name == "resnet18" else args.steps  # 4-5 s a step on a 2-core CPU
-        pairs = [(step_seconds(name, model_args, shape, "contiguous", steps),
-                  step_seconds(name, model_args, shape, "channels_last", steps)) for _ in range(args.rounds)]
+        pairs = []
+        for round_ in range(args.rounds):  # alternate which layout goes first: no order bias
+            order = ("contiguous", "channels_last") if round_ % 2 == 0 else ("channels_last", "contiguous")
+            timed = {layout: step_seconds(name, model_args, shape, layout, steps) for layout in order}
+            pairs.append((timed["contiguous"], timed["channels_last"]))
         plain, nhwc = sorted(pairs, key=lambda pair: pair[0] / pair[1])[len(pairs) // 2]  # the median speed-up
         auto = "channels-last" if resolve_memory_format(create_model(name, **model_args)) == torch.channels_last \
             else "contiguous"

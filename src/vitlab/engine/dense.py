@@ -67,7 +67,7 @@ HISTORY_FIELDS = {
 }
 # Recipe fields the classification engine has and a dense run does not use: refused when set.
 _UNSUPPORTED = {"augment": "none", "label_smoothing": 0.0, "freeze": "none", "layer_decay": 1.0, "teacher": None,
-                "distill": "none", "ema_decay": 0.0}
+                "distill": "none", "ema_decay": 0.0, "memory_format": "auto"}
 
 
 def task_of(model: nn.Module) -> str:
