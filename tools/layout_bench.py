@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vitlab.core.io import save_json
-from vitlab.core.layout import resolve_memory_format
+from vitlab.core.layout import prefers_channels_last
 from vitlab.data.datasets import ImageTensorDataset
 from vitlab.engine.recipe import recipe
 from vitlab.engine.train import budget_plan
@@ -75,8 +75,7 @@ def main() -> None:
             timed = {layout: step_seconds(name, model_args, shape, layout, steps) for layout in order}
             pairs.append((timed["contiguous"], timed["channels_last"]))
         plain, nhwc = sorted(pairs, key=lambda pair: pair[0] / pair[1])[len(pairs) // 2]  # the median speed-up
-        auto = "channels-last" if resolve_memory_format(create_model(name, **model_args)) == torch.channels_last \
-            else "contiguous"
+        auto = "channels-last" if prefers_channels_last(create_model(name, **model_args)) else "contiguous"
         rows.append({"model": label, "auto": auto, "contiguous_s": plain, "channels_last_s": nhwc,
                      "rounds": [{"contiguous_s": a, "channels_last_s": b} for a, b in pairs]})
         spread = ", ".join(f"{a / b:.2f}" for a, b in pairs)

@@ -839,11 +839,12 @@ def _time_to_accuracy_section(runs: list[dict[str, Any]], out: Path) -> list[str
     for i, (label, by_budget) in enumerate(sorted(cells.items())):
         xs = sorted(by_budget)
         means = [_mean_std(by_budget[x])[0] for x in xs]
-        ax.plot(xs, means, "-o" if transformer[label] else "-s", color=plt.cm.tab20(i % 20), label=label)
+        colour = plt.cm.tab20(i % 20)
+        ax.plot(xs, means, "-o" if transformer[label] else "-s", color=colour, label=label)
         model = label.split(" ")[0]
         if model in PUBLISHED_CIFAR10 and model not in published_drawn:   # one dotted line per model, not per row
             published_drawn.add(model)
-            ax.axhline(PUBLISHED_CIFAR10[model][0], color=plt.cm.tab20(i % 20), linestyle=":", linewidth=1)
+            ax.axhline(PUBLISHED_CIFAR10[model][0], color=colour, linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])   # the budgets measured, not 3x10^0-style minor labels
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

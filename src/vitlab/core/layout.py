@@ -23,7 +23,7 @@ depend on the layout it trained in.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ __all__ = ["MemoryFormat", "MEMORY_FORMATS", "prefers_channels_last", "resolve_m
            "to_memory_format", "model_memory_format", "format_batch"]
 
 MemoryFormat = Literal["auto", "contiguous", "channels_last"]
-MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
+MEMORY_FORMATS: tuple[str, ...] = get_args(MemoryFormat)  # the Literal's values, written once
 
 
 def prefers_channels_last(model: nn.Module) -> bool:
