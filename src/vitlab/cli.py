@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training recipe (unset flags take the model's tuned recipe, see vitlab.registry, else the value shown)"),
         TrainConfig, "recipe's")
     train.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                       help="fit the number of epochs to this wall-clock budget (measured on this machine); "
-                            "an explicit --epochs becomes the most it may run")
+                       help="fit the number of epochs to this wall-clock budget (measured on this machine: a few "
+                            "steps, then the first epoch, whose time re-plans the rest where the first epoch was "
+                            "all warm-up); an explicit --epochs becomes the most it may run")
     train.add_argument("--val-size", type=float, default=0.1,
                        help="validation share of the training set (a fraction, or a count if >= 1)")
     train.add_argument("--subset", type=int, default=None, help="train on a seeded random subset of N images")

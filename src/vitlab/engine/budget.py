@@ -2,6 +2,11 @@
 one epoch) fit. One planner for every task; each task hands it a ``step()`` that fetches a batch and trains
 on it, and the seconds its per-epoch evaluation costs.
 
+A few steps are a noisy measure of a whole run (the same recipe on the same idle machine has measured
+0.073 and 0.118 s a step), so a plan of whole epochs is checked once more after the first epoch, from that
+epoch's own time (:func:`replan_epochs`); the driver applies the new length where the schedule so far does
+not depend on it (the first epoch was all warm-up).
+
 The probe runs inside :func:`torch.random.fork_rng`, so measuring never changes the random numbers the
 run then draws; the task restores any weights the probe touched.
 """
@@ -19,20 +24,34 @@ import torch
 
 ConfigT = TypeVar("ConfigT")
 
-__all__ = ["BudgetPlan", "apply_plan", "plan_budget", "plan_steps", "time_steps"]
+__all__ = ["BudgetPlan", "apply_plan", "plan_budget", "plan_steps", "replan_epochs", "time_steps"]
 
 
 @dataclass(frozen=True)
 class BudgetPlan:
     """How long a run may train: ``epochs`` of ``steps_per_epoch`` steps (``None``: whole epochs), from a
     measured ``step_s`` seconds per step and ``eval_s`` per evaluation; ``short`` when not even one full
-    epoch fits (the warmup is then cut to a tenth of that epoch)."""
+    epoch fits (the warmup is then cut to a tenth of that epoch); ``max_epochs``, the most it may plan (an
+    explicit ``--epochs``). After a re-plan (:meth:`replanned`), ``first_epoch_s`` is the first epoch's
+    measured seconds and ``probe_epochs`` what the probe alone had planned."""
 
     epochs: int
     steps_per_epoch: int | None
     step_s: float
     eval_s: float
     short: bool = False
+    max_epochs: int | None = None
+    first_epoch_s: float | None = None
+    probe_epochs: int | None = None
+
+    @property
+    def whole_epochs(self) -> bool:
+        """Whether the plan is a number of full epochs (the only kind a first epoch can re-plan)."""
+        return self.steps_per_epoch is None and not self.short
+
+    def replanned(self, epochs: int, first_epoch_s: float) -> BudgetPlan:
+        """This plan after its first epoch took ``first_epoch_s`` seconds and left room for ``epochs``."""
+        return dataclasses.replace(self, epochs=epochs, first_epoch_s=first_epoch_s, probe_epochs=self.epochs)
 
     def describe(self) -> str:
         steps = f" of {self.steps_per_epoch} steps" if self.steps_per_epoch else ""
@@ -76,15 +95,26 @@ def plan_budget(budget_s: float, steps_per_epoch: int, step_s: float, eval_s: fl
         raise ValueError(f"cannot plan {steps_per_epoch} steps of {step_s} s")
     fits = budget_s / (steps_per_epoch * step_s + eval_s)  # epochs that fit, fractional
     if max_epochs is not None and fits >= max_epochs:
-        return BudgetPlan(max_epochs, None, step_s, eval_s)
+        return BudgetPlan(max_epochs, None, step_s, eval_s, max_epochs=max_epochs)
     if fits >= 3:
-        return BudgetPlan(int(fits), None, step_s, eval_s)
+        return BudgetPlan(int(fits), None, step_s, eval_s, max_epochs=max_epochs)
     if fits >= 1:
         epochs = math.ceil(fits)
         steps = int((budget_s - epochs * eval_s) // (epochs * step_s))
-        return BudgetPlan(epochs, min(max(1, steps), steps_per_epoch), step_s, eval_s)
+        return BudgetPlan(epochs, min(max(1, steps), steps_per_epoch), step_s, eval_s, max_epochs=max_epochs)
     steps = max(1, int((budget_s - eval_s) // step_s))
-    return BudgetPlan(1, min(steps, steps_per_epoch), step_s, eval_s, short=True)
+    return BudgetPlan(1, min(steps, steps_per_epoch), step_s, eval_s, short=True, max_epochs=max_epochs)
+
+
+def replan_epochs(budget_s: float, first_epoch_s: float, max_epochs: int | None = None) -> int:
+    """How many epochs fit in ``budget_s`` seconds of training (a run's ``train_time_s``: its epochs, each
+    with its validation), measured after the first took ``first_epoch_s``: as many whole epochs of that
+    length as fit, at least the one already run and at most ``max_epochs``. The first epoch also paid the
+    run's one-off costs, so the estimate errs short."""
+    if not budget_s > 0 or not first_epoch_s > 0:
+        raise ValueError(f"cannot re-plan a {budget_s} s budget from a first epoch of {first_epoch_s} s")
+    epochs = max(1, int(budget_s // first_epoch_s))
+    return epochs if max_epochs is None else min(epochs, max_epochs)
 
 
 def plan_steps(step: Callable[[], None], steps_per_epoch: int, budget_s: float,

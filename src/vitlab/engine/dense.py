@@ -51,7 +51,7 @@ from .budget import BudgetPlan, plan_steps
 from .driver import Task, drive
 from .loop import DistContext, Trainer
 from .recipe import recipe
-from .train import load_modules, make_optimizer, optimizer_step, warmup_cosine
+from .train import change_length, load_modules, make_optimizer, optimizer_step, schedule_factor
 
 __all__ = ["TASKS", "DEFAULT_MODELS", "task_of", "dense_step", "evaluate_dense", "dense_run", "evaluate_dense_run",
            "plot_predictions", "init_encoder", "HISTORY_FIELDS"]
@@ -195,9 +195,8 @@ class DenseTrainer:
         self.train_set, self.val_set = task.train_set, task.val_set
         self.steps_per_epoch = task.steps_per_epoch(dist.world_size)
         self.optimizer = make_optimizer(net, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
-            config.epochs * self.steps_per_epoch, int(config.warmup_epochs * self.steps_per_epoch),
-            config.min_lr / config.lr))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, schedule_factor(config, self.steps_per_epoch))
         self.criterion = SetCriterion(net.config.num_classes).to(device) if task.name == "detect" else None
         self.autocast = autocast_context(device, config.precision)
         self.step_net: nn.Module = net
@@ -239,6 +238,10 @@ class DenseTrainer:
         if self.task == "segment":
             return {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
         return {"val_loss": val["loss"], "val_map": val["map"], "val_map_50": val["map_50"]}
+
+    def set_epochs(self, epochs: int) -> bool:
+        self.config, changed = change_length(self.config, self.scheduler, self.steps_per_epoch, epochs)
+        return changed
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),

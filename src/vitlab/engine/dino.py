@@ -646,6 +646,11 @@ class DinoTrainer:
         return {"knn_accuracy": _knn_accuracy(self.task.teacher.backbone, self.bank, self.task.val_set,
                                               self.task.config, self.device)}
 
+    def set_epochs(self, epochs: int) -> bool:
+        """DINO keeps its first plan: its teacher momentum rises on a cosine over the whole run from the first
+        step, so no part of a run is the same at another length."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         task = self.task
         return {"student": task.student.state_dict(), "teacher": task.teacher.state_dict(),

@@ -32,7 +32,7 @@ from ..core.runtime import pick_device
 from ..models.measure import count_flops, count_parameters
 from ..runfolder.run import Run, RunError, command_line, device_name
 from ..runfolder.schema import RunConfig, RunMetrics
-from .budget import BudgetPlan, apply_plan
+from .budget import BudgetPlan, apply_plan, replan_epochs
 from .loop import DistContext, Trainer, run_epochs
 from .recipe import recipe_differences
 
@@ -183,8 +183,12 @@ def drive(task: Task, out: str | os.PathLike[str], *, resume: bool = False, time
     plan = _plan(task, saved, time_budget, device, verbose) if time_budget is not None else None
     # The plan's measurements are kept (a plan made while the machine was busy shows in its step time).
     measured = dataclasses.asdict(plan) if plan is not None else saved.budget_plan if saved is not None else None
-    record = dataclasses.replace(task.record(), experiment=experiment, time_budget_s=time_budget, command=command,
-                                 budget_plan=measured)
+
+    def make_record(measured: dict[str, Any] | None) -> RunConfig:
+        return dataclasses.replace(task.record(), experiment=experiment, time_budget_s=time_budget, command=command,
+                                   budget_plan=measured)
+
+    record = make_record(measured)
     if saved is not None:
         _check_resume(run, saved, record, task)
     if dist.is_main:
@@ -196,9 +200,12 @@ def drive(task: Task, out: str | os.PathLike[str], *, resume: bool = False, time
     previous = _previous_metrics(run) if resume else None
     started = time.perf_counter()
     trainer = task.trainer(device, dist, resuming=resume and run.has_state())
-    report = None if progress or not verbose or not dist.is_main else _epoch_line(task.epochs)
+    report = None if progress or not verbose or not dist.is_main else _epoch_line(task)
+    replan = None
+    if plan is not None and plan.whole_epochs and time_budget is not None:
+        replan = _replanner(task, trainer, plan, time_budget, lambda new: run.write_config(make_record(new)), verbose)
     history = run_epochs(trainer, task.epochs, run=run, resume=resume, device=device, dist=dist, progress=progress,
-                         on_epoch_end=report)
+                         on_epoch_end=report, after_first_epoch=replan)
     results = task.test(trainer, history, dist)
     if not dist.is_main:
         return run
@@ -211,9 +218,35 @@ def drive(task: Task, out: str | os.PathLike[str], *, resume: bool = False, time
     return run
 
 
-def _epoch_line(epochs: int) -> Callable[[dict[str, Any]], None]:
-    """Without progress bars, one line per epoch: its number, time and the losses and scores it recorded."""
+def _replanner(task: Task, trainer: Trainer, plan: BudgetPlan, budget_s: float,
+               write_config: Callable[[dict[str, Any]], None], verbose: bool) -> Callable[[dict[str, Any]], int]:
+    """The budget's second look, after the first epoch: as many epochs as that epoch's measured time fits
+    (:func:`~vitlab.engine.budget.replan_epochs`), taken where the trainer can change its length exactly
+    (:meth:`Trainer.set_epochs`), then recorded in ``config.json`` (its plan keeps the probe's numbers, the
+    first epoch's seconds and the probe's epoch count). Returns the run's length from then on."""
+    def after_first_epoch(row: dict[str, Any]) -> int:
+        first_s = row["epoch_time_s"]
+        epochs = replan_epochs(budget_s, first_s, plan.max_epochs)
+        if epochs == task.epochs:
+            outcome = f"the plan of {epochs} epoch(s) stands"
+        elif trainer.set_epochs(epochs):
+            outcome = f"re-planned from {task.epochs} to {epochs} epoch(s)"
+            replanned = plan.replanned(epochs, first_s)
+            task.apply_plan(replanned)
+            write_config(dataclasses.asdict(replanned))
+        else:
+            outcome = (f"{epochs} epoch(s) would fit, but the run keeps {task.epochs}: its schedule so far "
+                       "depends on its length")
+        if verbose:
+            print(f"time budget {budget_s:.0f} s, first epoch {first_s:.1f} s: {outcome}", flush=True)
+        return task.epochs
+    return after_first_epoch
+
+
+def _epoch_line(task: Task) -> Callable[[dict[str, Any]], None]:
+    """Without progress bars, one line per epoch: its number (of the run's length now: the budget's re-plan may
+    change it after the first), time and the losses and scores it recorded."""
     def report(row: dict[str, Any]) -> None:
         shown = [f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("loss", "accuracy", "miou", "map", "map_50"))]
-        print(f"epoch {row['epoch']}/{epochs} ({row['epoch_time_s']:.0f} s): " + ", ".join(shown), flush=True)
+        print(f"epoch {row['epoch']}/{task.epochs} ({row['epoch_time_s']:.0f} s): " + ", ".join(shown), flush=True)
     return report

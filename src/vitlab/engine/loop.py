@@ -126,6 +126,11 @@ class Trainer(Protocol):
     def validate(self) -> dict[str, Any]:
         """The per-epoch validation fields (empty without a validation set)."""
 
+    def set_epochs(self, epochs: int) -> bool:
+        """Change the run's length to ``epochs`` before its next epoch, where the run then goes on exactly as
+        one planned to that length from the start (its schedules so far do not depend on the length);
+        return whether it changed."""
+
     def state_dict(self) -> dict[str, Any]:
         """The task's part of ``checkpoint.pt``: tensors and plain values only."""
 
@@ -145,29 +150,37 @@ def _restore(trainer: Trainer, run: Run, device: torch.device, dist: DistContext
 
 def run_epochs(trainer: Trainer, epochs: int, *, run: Run | None = None, resume: bool = False,
                device: torch.device, dist: DistContext | None = None, progress: bool = True,
-               on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+               on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+               after_first_epoch: Callable[[dict[str, Any]], int] | None = None) -> list[dict[str, Any]]:
     """Train ``epochs`` epochs (those after the checkpoint of ``run`` when ``resume``); return the history.
 
+    ``after_first_epoch(row)``, called once the first epoch is validated and before its checkpoint is written,
+    returns the run's length from then on (the budget's re-plan; the callback has told the trainer).
     ``on_epoch_end(row)`` is called after each epoch, once its checkpoint is written."""
     dist = dist or DistContext()
     show = progress and dist.is_main
     start, history = 0, []
     if resume and run is not None and run.has_state():
         start, history = _restore(trainer, run, device, dist)
-    bar = tqdm(range(start, epochs), desc="epochs", disable=not show, initial=start, total=epochs)
-    for epoch in bar:
+    bar = tqdm(desc="epochs", disable=not show, initial=start, total=epochs)
+    epoch = start
+    while epoch < epochs:
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, **trainer.train_epoch(epoch, show)}
         row.update(trainer.validate())
         row["epoch_time_s"] = time.perf_counter() - started
         history.append(row)
+        if epoch == 0 and after_first_epoch is not None:
+            epochs = bar.total = after_first_epoch(row)
+        epoch += 1
+        bar.update()
         if show:
             bar.set_postfix({k: f"{row[k]:.4f}" for k in trainer.progress_fields if k in row})
         if run is not None:
             randomness = rng_state(device, dist)  # every rank takes part in gathering the states
             if dist.is_main:
                 run.save_weights(trainer.weights())
-                run.save_state({"epoch": epoch + 1, "history": history, "rng": randomness, **trainer.state_dict()})
+                run.save_state({"epoch": epoch, "history": history, "rng": randomness, **trainer.state_dict()})
                 run.write_history(history, trainer.history_fields)
         dist.barrier()
         if on_epoch_end is not None:

@@ -22,6 +22,7 @@ shows progress).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -53,7 +54,8 @@ from .recipe import FINETUNE_RECIPE, PROBE_RECIPE, TrainConfig, recipe, recipe_d
 __all__ = ["TrainConfig", "recipe", "FINETUNE_RECIPE", "PROBE_RECIPE", "DistContext", "leave_process_group",
            "autocast_context", "train_step", "train_one_epoch", "evaluate", "fit", "plan_for_time_budget",
            "make_optimizer", "weight_decay_groups", "layer_decay_groups", "freeze_backbone", "set_train_mode",
-           "warmup_cosine", "optimizer_step", "rng_state", "set_rng_state", "load_modules", "recipe_differences",
+           "warmup_cosine", "schedule_factor", "change_length", "optimizer_step", "rng_state", "set_rng_state",
+           "load_modules", "recipe_differences",
            "apply_plan", "label_criterion", "ClassifierTrainer", "weight_average",
            "CLASSIFY_HISTORY_FIELDS", "budget_plan"]
 
@@ -157,6 +159,29 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return factor
+
+
+def schedule_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The recipe's learning-rate multiplier per step (:func:`warmup_cosine` over ``config.epochs`` epochs of
+    ``steps_per_epoch`` steps), for a ``LambdaLR``."""
+    return warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch),
+                         config.min_lr / config.lr)
+
+
+def change_length(config: TrainConfig, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,
+                  epochs: int) -> tuple[TrainConfig, bool]:
+    """Re-plan a run to ``epochs`` epochs part-way through, where that is exact: while every step taken so far
+    was a warm-up step, whose rate does not depend on the length, the run goes on exactly as one planned to
+    ``epochs`` from the start would. Returns the recipe to train with and whether it changed (a run past its
+    warm-up keeps its length: its cosine has begun)."""
+    if epochs < 1:
+        raise ValueError(f"a run needs at least one epoch, got {epochs}")
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    if epochs == config.epochs or scheduler.last_epoch > warmup_steps:
+        return config, False
+    config = dataclasses.replace(config, epochs=epochs)
+    scheduler.lr_lambdas = [schedule_factor(config, steps_per_epoch)] * len(scheduler.optimizer.param_groups)
+    return config, True
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -323,9 +348,12 @@ class ClassifierTrainer:
         self.criterion = make_criterion(model, config, device, train_set)
         self.optimizer = make_optimizer(model, config)
         self.average = weight_average(model, config.ema_decay) if config.ema_decay else None
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
-            config.epochs * self.steps_per_epoch, int(config.warmup_epochs * self.steps_per_epoch),
-            config.min_lr / config.lr))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, schedule_factor(config, self.steps_per_epoch))
+
+    def set_epochs(self, epochs: int) -> bool:
+        self.config, changed = change_length(self.config, self.scheduler, self.steps_per_epoch, epochs)
+        return changed
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
         self.loader.set_epoch(epoch)
