@@ -1,4 +1,5 @@
-"""The weights shipped in weights/vit_mnist are the ones `make train` produced, and they still score what they claim."""
+"""The shipped weights are the ones their recorded runs produced, and they still score what they claim:
+weights/cct_mnist is `make train`'s model, weights/vit_mnist the course's plain ViT that the lessons open."""
 
 import json
 
@@ -7,34 +8,49 @@ import torch
 
 from vitlab.checkpoint import load_model, shipped_run
 from vitlab.data import load_dataset
-from vitlab.model import PRESETS, ViTConfig, count_parameters
+from vitlab.model import count_parameters
+from vitlab.models.registry import get_model
 from vitlab.runs import Run
 from vitlab.train import evaluate
 
+#: make train's model and the lessons' ViT, each with the least test accuracy it is shipped for.
+MNIST_MODELS = [("cct_mnist", 0.994), ("vit_mnist", 0.985)]
 
-def test_shipped_run_is_complete_and_small():
-    run = shipped_run("vit_mnist")
-    for name in ("config.json", "model.safetensors", "metrics.json", "history.csv", "curves.png", "confusion.png"):
-        assert (run / name).is_file(), name
+
+@pytest.mark.parametrize("name, least", MNIST_MODELS)
+def test_shipped_run_is_complete_and_small(name, least):
+    run = shipped_run(name)
+    for file in ("config.json", "model.safetensors", "metrics.json", "history.csv", "curves.png", "confusion.png"):
+        assert (run / file).is_file(), file
     assert not (run / "checkpoint.pt").exists(), "the resumable state is not shipped"
     assert (run / "model.safetensors").stat().st_size < 5 * 1024 * 1024
     config = json.loads((run / "config.json").read_text())
-    assert ViTConfig.from_dict(config["model"]["config"]) == PRESETS["vit_mnist"]
+    entry = get_model(name)
+    assert config["model"]["name"] == name
+    assert type(entry.config).from_dict(config["model"]["config"]) == entry.config, "the preset it was trained as"
     metrics = json.loads((run / "metrics.json").read_text())
     history = Run(run).history()
     assert metrics["epochs"] == len(history) == config["train"]["epochs"]
     assert metrics["params"] == count_parameters(load_model(run))
-    assert metrics["test_n"] == 10000 and metrics["test_accuracy"] >= 0.985
+    assert metrics["test_n"] == 10000 and metrics["test_accuracy"] >= least
+
+
+def test_make_train_ships_the_model_it_trains():
+    makefile = (shipped_run("cct_mnist").parents[1] / "Makefile").read_text()
+    assert "MODEL ?= cct_mnist" in makefile and "--model $(MODEL)" in makefile
+    assert json.loads((shipped_run("cct_mnist") / "config.json").read_text())["time_budget_s"] == 600
 
 
 @pytest.mark.usefixtures("mnist_available")
-def test_shipped_weights_reproduce_their_test_accuracy():
-    run = shipped_run("vit_mnist")
+@pytest.mark.parametrize("name", [name for name, _ in MNIST_MODELS])
+def test_shipped_weights_reproduce_their_test_accuracy(name):
+    run = shipped_run(name)
     metrics = json.loads((run / "metrics.json").read_text())
     model = load_model(run)
     result = evaluate(model, load_dataset("mnist", "test"), batch_size=1000, precision="fp32")
     assert result["n"] == 10000
-    # Within 0.05 percentage points, i.e. at most 5 of the 10,000 test images may flip (float rounding).
+    # Within 0.05 percentage points, i.e. at most 5 of the 10,000 test images may flip (float rounding; a
+    # run trained in bf16 recorded its score in bf16).
     assert abs(result["accuracy"] - metrics["test_accuracy"]) <= 0.0005, (result["accuracy"], metrics["test_accuracy"])
     recorded = torch.tensor(metrics["confusion"])
     assert (torch.tensor(result["confusion"]) - recorded).abs().sum() <= 10

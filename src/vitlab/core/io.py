@@ -126,7 +126,8 @@ def load_state(path: str | os.PathLike[str], map_location: str | torch.device = 
 
 
 def shipped_run(name: str = "vit_mnist") -> Path:
-    """Folder of weights shipped with the repository (``weights/NAME``), made by ``make train``.
+    """Folder of weights shipped with the repository (``weights/NAME``): by default the course's plain ViT,
+    ``vit_mnist``, that the lessons open (``make train``'s own model is ``cct_mnist``).
 
     Found next to the package in a source checkout (editable install), else under ``./weights``
     or ``../weights`` (notebooks run in ``notebooks/``).

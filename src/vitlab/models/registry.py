@@ -34,7 +34,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vitlab.models.vit",   # ViT presets (vit_seed, vit_mnist, vit_cifar, vit_cifar_small)
     "vitlab.models.cnn",     # CNN baselines (resnet18, vgg11, simple_cnn)
     "vitlab.models.cifar_resnet",  # He et al.'s CIFAR ResNets (resnet20, resnet56)
-    "vitlab.models.cct",     # Compact Convolutional Transformers: a conv tokenizer (cct_2_3x2, cct_4_3x2, cct_6_3x2)
+    "vitlab.models.cct",     # Compact Convolutional Transformers (cct_2_3x2, cct_4_3x2, cct_6_3x2, cct_mnist)
     "vitlab.models.deit",    # DeiT: a ViT with a distillation token (deit_mnist, deit_cifar_small)
     "vitlab.models.swin",    # Swin Transformer: shifted-window attention, a pyramid (swin_mnist, swin_cifar)
     "vitlab.models.early_exit",  # a ViT with early exits (vit_mnist_exits, vit_cifar_small_exits)
