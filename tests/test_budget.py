@@ -12,6 +12,8 @@ from conftest import _require
 from vitlab.cli import main
 from vitlab.engine import driver
 from vitlab.engine.budget import plan_budget, replan_epochs
+from vitlab.engine.driver import takes_second_look
+from vitlab.engine.loop import DistContext
 from vitlab.engine.train import TrainConfig, change_length, schedule_factor
 
 
@@ -61,6 +63,17 @@ def test_changing_the_length_during_the_warmup_gives_the_schedule_of_that_length
     assert first + rest != pytest.approx(_lrs(_scheduler(planned, steps), 8 * steps))  # the length matters later
 
 
+def test_the_last_warmup_step_is_the_last_moment_to_change_the_length() -> None:
+    steps = 5
+    planned = TrainConfig(epochs=3, lr=1e-2, warmup_epochs=1.0)   # warm-up: the first 5 steps
+    at_the_end = _scheduler(planned, steps)
+    _lrs(at_the_end, steps)
+    assert change_length(planned, at_the_end, steps, 8)[1]
+    one_past = _scheduler(planned, steps)
+    _lrs(one_past, steps + 1)   # one cosine step taken: its rate depended on the length
+    assert not change_length(planned, one_past, steps, 8)[1]
+
+
 def test_a_run_whose_cosine_has_begun_keeps_its_length() -> None:
     steps = 5
     planned = TrainConfig(epochs=3, lr=1e-2, warmup_epochs=0.5)  # the first epoch is half cosine already
@@ -101,7 +114,8 @@ def test_a_replanned_run_equals_the_run_planned_to_that_length(tmp_path, monkeyp
     assert config["train"]["epochs"] == 3
     assert config["budget_plan"]["epochs"] == 3 and config["budget_plan"]["probe_epochs"] == 9
     assert config["budget_plan"]["first_epoch_s"] == pytest.approx(first_s)
-    assert json.loads((replanned / "metrics.json").read_text())["epochs"] == 3
+    metrics = json.loads((replanned / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["recipe"]["epochs"] == 3, "metrics.json records the recipe it trained"
 
     assert main([*SMALL, "--warmup-epochs", "1", "--epochs", "3", "--out", str(fixed)]) == 0
     ours, theirs = load_file(replanned / "model.safetensors"), load_file(fixed / "model.safetensors")
@@ -119,7 +133,9 @@ def test_a_run_past_its_warmup_keeps_the_probes_plan(tmp_path, monkeypatch, caps
     assert main([*SMALL, "--warmup-epochs", "0.5", "--epochs", "4", "--time-budget", "1000", "--out", str(out)]) == 0
     assert "2 epoch(s) would fit, but the run keeps 4" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["epochs"] == 4 and config["budget_plan"]["probe_epochs"] is None
+    plan = config["budget_plan"]
+    assert config["train"]["epochs"] == 4 and plan["epochs"] == plan["probe_epochs"] == 4 and plan["first_epoch_s"] > 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 4
 
 
 def test_the_plan_stands_when_the_first_epoch_agrees(tmp_path, monkeypatch, capsys) -> None:
@@ -128,3 +144,16 @@ def test_the_plan_stands_when_the_first_epoch_agrees(tmp_path, monkeypatch, caps
     out = tmp_path / "stands"
     assert main([*SMALL, "--warmup-epochs", "1", "--epochs", "2", "--time-budget", "1000", "--out", str(out)]) == 0
     assert "the plan of 2 epoch(s) stands" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["budget_plan"]["first_epoch_s"] > 0, "the measurement is kept"
+    assert len((out / "history.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_only_whole_epoch_single_process_eager_plans_take_a_second_look() -> None:
+    whole = plan_budget(600, steps_per_epoch=100, step_s=0.1, eval_s=2.0)
+    shortened = plan_budget(600, steps_per_epoch=100, step_s=3.0, eval_s=2.0)   # 2 epochs of fewer steps
+    one = DistContext()
+    assert takes_second_look(whole, TrainConfig(), one)
+    assert not takes_second_look(shortened, TrainConfig(), one)
+    assert not takes_second_look(whole, TrainConfig(compile=True), one), "the first epoch pays the compilation"
+    assert not takes_second_look(whole, TrainConfig(), DistContext(rank=0, world_size=2))

@@ -54,7 +54,7 @@ def test_every_relative_link_of_the_readme_exists():
 
 def test_the_sections_moved_out_of_the_readme_are_pages_in_the_sidebar():
     moved = {   # page -> headings of the README sections it now holds
-        "findings": ["# What the results show", "## `make train`: the default ViT on MNIST",
+        "findings": ["# What the results show", "## `make train` on MNIST",
                      "## Transfer learning", "## Segmentation and detection on MNIST canvases"],
         "precision": ["# Precision and speed: bf16, AMX, compile"],
         "bench": ["# Throughput (`make bench`)"],

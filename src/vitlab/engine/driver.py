@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..core.configs import ConfigError
 from ..core.precision import describe_precision
@@ -36,7 +37,7 @@ from .budget import BudgetPlan, apply_plan, replan_epochs
 from .loop import DistContext, Trainer, run_epochs
 from .recipe import recipe_differences
 
-__all__ = ["Task", "drive", "check_time_budget"]
+__all__ = ["Task", "drive", "check_time_budget", "takes_second_look"]
 
 
 class Task(ABC):
@@ -202,10 +203,12 @@ def drive(task: Task, out: str | os.PathLike[str], *, resume: bool = False, time
     trainer = task.trainer(device, dist, resuming=resume and run.has_state())
     report = None if progress or not verbose or not dist.is_main else _epoch_line(task)
     replan = None
-    if plan is not None and plan.whole_epochs and time_budget is not None:
+    if plan is not None and time_budget is not None and takes_second_look(plan, task.config, dist):
         replan = _replanner(task, trainer, plan, time_budget, lambda new: run.write_config(make_record(new)), verbose)
     history = run_epochs(trainer, task.epochs, run=run, resume=resume, device=device, dist=dist, progress=progress,
                          on_epoch_end=report, after_first_epoch=replan)
+    if replan is not None:  # metrics.json's recipe is the one the run trained with, after the second look
+        record = run.record()
     results = task.test(trainer, history, dist)
     if not dist.is_main:
         return run
@@ -218,28 +221,37 @@ def drive(task: Task, out: str | os.PathLike[str], *, resume: bool = False, time
     return run
 
 
+def takes_second_look(plan: BudgetPlan, config: Any, dist: DistContext) -> bool:
+    """Whether a budget run re-plans after its first epoch: only a plan of whole epochs (a shortened or
+    partial epoch is already the most that fits), never a compiled run (its first epoch also pays the
+    compilation, so it would misjudge the epochs after it), and one process only (each rank would time its
+    own epoch; ``--time-budget`` is refused under ``torchrun`` anyway)."""
+    return plan.whole_epochs and not getattr(config, "compile", False) and not dist.enabled
+
+
 def _replanner(task: Task, trainer: Trainer, plan: BudgetPlan, budget_s: float,
                write_config: Callable[[dict[str, Any]], None], verbose: bool) -> Callable[[dict[str, Any]], int]:
     """The budget's second look, after the first epoch: as many epochs as that epoch's measured time fits
     (:func:`~vitlab.engine.budget.replan_epochs`), taken where the trainer can change its length exactly
     (:meth:`Trainer.set_epochs`), then recorded in ``config.json`` (its plan keeps the probe's numbers, the
-    first epoch's seconds and the probe's epoch count). Returns the run's length from then on."""
+    first epoch's seconds and the probe's epoch count, whether the length changed or not). Returns the run's
+    length from then on."""
     def after_first_epoch(row: dict[str, Any]) -> int:
         first_s = row["epoch_time_s"]
         epochs = replan_epochs(budget_s, first_s, plan.max_epochs)
         if epochs == task.epochs:
-            outcome = f"the plan of {epochs} epoch(s) stands"
+            kept, outcome = epochs, f"the plan of {epochs} epoch(s) stands"
         elif trainer.set_epochs(epochs):
-            outcome = f"re-planned from {task.epochs} to {epochs} epoch(s)"
-            replanned = plan.replanned(epochs, first_s)
-            task.apply_plan(replanned)
-            write_config(dataclasses.asdict(replanned))
+            kept, outcome = epochs, f"re-planned from {task.epochs} to {epochs} epoch(s)"
         else:
-            outcome = (f"{epochs} epoch(s) would fit, but the run keeps {task.epochs}: its schedule so far "
-                       "depends on its length")
+            kept, outcome = task.epochs, (f"{epochs} epoch(s) would fit, but the run keeps {task.epochs}: its "
+                                          "schedule so far depends on its length")
+        replanned = plan.replanned(kept, first_s)
+        task.apply_plan(replanned)
+        write_config(dataclasses.asdict(replanned))  # the first epoch's seconds are kept whatever the outcome
         if verbose:
-            print(f"time budget {budget_s:.0f} s, first epoch {first_s:.1f} s: {outcome}", flush=True)
-        return task.epochs
+            tqdm.write(f"time budget {budget_s:.0f} s, first epoch {first_s:.1f} s: {outcome}")
+        return kept
     return after_first_epoch
 
 

@@ -108,7 +108,7 @@ PRESETS: dict[str, ViTConfig] = {
     # The walkthrough: 28x28 digits, 4x4 patches -> 7x7 = 49 tokens, hidden size 8, 2 blocks, 2 heads.
     "vit_seed": ViTConfig(image_size=28, in_channels=1, patch_size=4, dim=8, depth=2, heads=2,
                           mlp_ratio=4.0, positional="sinusoidal"),
-    # The default MNIST model trained by `make train` (about 0.2M parameters). 7x7 patches give
+    # The course's MNIST ViT, the lessons' shipped weights/vit_mnist (about 0.2M parameters). 7x7 patches give
     # 16 tokens: about 3x the training throughput of 4x4 patches on a CPU, and with the digits
     # augmentation it generalizes better in the same time (see README, "How the recipe was tuned").
     "vit_mnist": ViTConfig(image_size=28, in_channels=1, patch_size=7, dim=64, depth=6, heads=4,
@@ -311,7 +311,7 @@ register_model("vit_seed", ViT, PRESETS["vit_seed"], description="the walkthroug
                # Its step size, and 15 epochs (about 3 minutes on a 2-core CPU) instead of 5: 93.5 % test
                # accuracy vs 81.9 % after 5 epochs (README, "Results").
                recipe={"epochs": 15, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.0, "warmup_epochs": 0.5})
-register_model("vit_mnist", ViT, PRESETS["vit_mnist"], description="make train's MNIST ViT (7x7 patches, 0.2M)",
+register_model("vit_mnist", ViT, PRESETS["vit_mnist"], description="the lessons' MNIST ViT (7x7 patches, 0.2M)",
                # 98.5 %+ on MNIST within 15 minutes on a 2-core CPU (README: "How the recipe was tuned").
                recipe={"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1.0,
                        "augment": "digits"})
