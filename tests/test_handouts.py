@@ -143,5 +143,5 @@ def test_a_handout_stops_at_each_stub_and_passes_with_the_solutions_pasted_back(
     pasted = copy.deepcopy(handout)
     for index, split in zip(stubs, splits):
         pasted.cells[index].source = split.work   # the student's answer: the solution's own code, its asserts gone
-    execute(pasted, allow_errors=False)           # raises CellExecutionError at the first failing cell
+    pasted = execute(pasted, allow_errors=False)  # raises CellExecutionError at the first failing cell
     assert all(not errors(pasted.cells[i]) and pasted.cells[i].execution_count for i in checks)
