@@ -107,17 +107,17 @@ CELL_TIMEOUT_S = 120
 def execute(nb: nbformat.NotebookNode, allow_errors: bool) -> nbformat.NotebookNode:
     """Run the notebook top to bottom from notebooks/ (where the lessons' relative paths hold); one retry, from a
     fresh copy in a fresh kernel, if a cell's reply never arrives (see :data:`CELL_TIMEOUT_S`)."""
-    for attempt in (1, 2):
+    def run_once() -> nbformat.NotebookNode:
         run = copy.deepcopy(nb)
-        try:
-            NotebookClient(run, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=allow_errors,
-                           resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-            return run
-        except CellTimeoutError:
-            if attempt == 2:
-                raise
-            print(f"a cell gave no reply within {CELL_TIMEOUT_S} s (lost kernel message?): running the handout again")
-    raise AssertionError("unreachable")
+        NotebookClient(run, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        return run
+
+    try:
+        return run_once()
+    except CellTimeoutError:
+        print(f"a cell gave no reply within {CELL_TIMEOUT_S} s (lost kernel message?): running the handout again")
+        return run_once()
 
 
 def errors(cell: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
