@@ -255,7 +255,7 @@ efficiency: $(STAMP)
 	$(BIN)/python -m tools.efficiency_experiment --out runs/efficiency
 
 # Lesson 10's CIFAR-10 studies on a CPU (tools/cifar_experiment.py; runs in runs/cifar/, resumable):
-# cifar-search: the transformer recipe search, successive halving on validation accuracy (11 candidates x 5 min,
+# cifar-search: the transformer recipe search, successive halving on validation accuracy (12 candidates x 5 min,
 #   the best 2 ViTs and 2 CCTs x 15 min, the best of each x 30 min x 2 seeds: about 4 hours);
 # crossover: ViT, CCT, ResNet-20 and ResNet-18 at 2, 5, 10, 30 (2 seeds) and 60 minutes (1 seed): about 10 hours.
 .PHONY: cifar-search crossover

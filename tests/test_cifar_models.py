@@ -1,14 +1,17 @@
 """The CNNs and the convolutional-tokenizer transformer of the CIFAR literature (vitlab.models.cifar_resnet,
 vitlab.models.cct), each checked against a maintained implementation with the weights copied across:
-pytorchcv's CIFAR ResNet-20 (option-B shortcuts) and lucidrains' vit-pytorch CCT (the reference code's block)."""
+pytorchcv's CIFAR ResNet-20 (option-B shortcuts) and lucidrains' vit-pytorch CCT (the reference code's block); and the
+CIFAR experiment driver's candidate selection (tools/cifar_experiment.py), without training."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tools import cifar_experiment as experiment
 
 from conftest import require_module
+from vitlab.cli import _model_overrides, build_parser
 from vitlab.core.configs import ConfigError
 from vitlab.models import create_model
 from vitlab.models.cct import CCT, CCTConfig
@@ -110,3 +113,23 @@ def test_both_families_train_through_the_engine(halves_dataset) -> None:
     for model in (CIFARResNet(CIFARResNetConfig(depth=8, num_classes=2)), CCT(CCTConfig(depth=1, num_classes=2))):
         history = fit(model, data, None, TrainConfig(epochs=2, batch_size=16, precision="fp32"), progress=False)
         assert history[-1]["train_loss"] < history[0]["train_loss"] + 0.5 and len(history) == 2
+
+
+def test_cifar_experiment_search_runs_only_the_named_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tools/cifar_experiment.py search --only ...` trains just those candidates, each with its own flags, and
+    every candidate's flags are ones `vitlab train` accepts for its model (a typo would cost a 5-minute run)."""
+    trained: list[tuple[str, str, list[str], int, int]] = []
+    monkeypatch.setattr(experiment, "train", lambda label, model, flags, budget, seed, _: trained.append(
+        (label, model, flags, budget, seed)))
+    monkeypatch.setattr(experiment, "ranked", lambda labels, budget: [])
+    assert experiment.main(["search", "--round", "1", "--only", "vit-p8-light", "vit-d4-light"]) == 0
+    assert [t[0] for t in trained] == ["vit-d4-light", "vit-p8-light"]   # in the table's order, seed 0, 5 minutes
+    assert trained[1] == ("vit-p8-light", "vit_cifar_small", ["--augment", "cifar", "--model-arg", "patch_size=8"],
+                          300, 0)
+    with pytest.raises(SystemExit):
+        experiment.main(["search", "--only", "vit-p3"])   # not a candidate: refused by the parser
+    parser = build_parser()
+    for label, (model, _, flags) in experiment.CANDIDATES.items():
+        args = parser.parse_args(["train", "--model", model, "--dataset", "cifar10", "--out", "x", *flags])
+        net = create_model(model, **_model_overrides(args.model_arg))   # the size it asks for builds
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10), label

@@ -13,7 +13,7 @@ the ImageNet-shaped ResNet-18) trained with ``--time-budget`` of 2, 5, 10, 30 an
 at 2, 5, 10 and 30 minutes, seed 0 at 60. Every run is an ordinary ``vitlab train`` run folder in
 ``runs/cifar/`` (its command is in its config.json), finished runs are skipped, and an interrupted run resumes.
 
-    python tools/cifar_experiment.py search [--round 1|2|3]
+    python tools/cifar_experiment.py search [--round 1|2|3] [--only CANDIDATE ...]
     python tools/cifar_experiment.py crossover [--budgets 120 300 ...] [--models ...] [--seeds 0 1 ...]
     python tools/cifar_experiment.py status
 """
@@ -39,6 +39,8 @@ CANDIDATES: dict[str, tuple[str, str, list[str]]] = {
     "vit-s-light": ("vit_cifar_small", "vit", ["--augment", "cifar"]),
     "vit-s-light-lr2": ("vit_cifar_small", "vit", ["--augment", "cifar", "--lr", "2e-3"]),
     "vit-d4-light": ("vit_cifar_small", "vit", ["--augment", "cifar", "--model-arg", "depth=4"]),
+    "vit-w96-light": ("vit_cifar_small", "vit", ["--augment", "cifar", "--model-arg", "dim=96"]),
+    "vit-p8-light": ("vit_cifar_small", "vit", ["--augment", "cifar", "--model-arg", "patch_size=8"]),
     "cct2": ("cct_2_3x2", "cct", []),
     "cct2-strong": ("cct_2_3x2", "cct", ["--augment", "cifar-strong"]),
     "cct2-lr2": ("cct_2_3x2", "cct", ["--lr", "2e-3"]),
@@ -101,10 +103,14 @@ def survivors(round_: int) -> list[str]:
     return chosen
 
 
-def search(rounds: list[int]) -> None:
+def search(rounds: list[int], only: list[str] | None = None) -> None:
+    """Run the search's rounds; ``only`` restricts them to those candidates (e.g. new ones added to a finished
+    first round, judged against the runs already recorded)."""
     for round_ in rounds:
         seeds = (0, 1) if round_ == 3 else (0,)
         for label in survivors(round_):
+            if only is not None and label not in only:
+                continue
             model, _, flags = CANDIDATES[label]
             for seed in seeds:
                 train(label, model, flags, ROUNDS[round_], seed, "cifar-search")
@@ -141,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     search_parser = sub.add_parser("search")
     search_parser.add_argument("--round", type=int, nargs="*", default=[1, 2, 3], choices=[1, 2, 3])
+    search_parser.add_argument("--only", nargs="+", default=None, choices=list(CANDIDATES), metavar="CANDIDATE",
+                               help="train only these candidates (default: every survivor of each round)")
     cross = sub.add_parser("crossover")
     cross.add_argument("--models", nargs="*", default=list(CROSSOVER_RUNS), choices=list(CROSSOVER_RUNS))
     cross.add_argument("--budgets", type=int, nargs="*", default=list(CROSSOVER_BUDGETS))
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     args = parser.parse_args(argv)
     if args.command == "search":
-        search(args.round)
+        search(args.round, args.only)
     elif args.command == "crossover":
         crossover(args.models, args.budgets, args.seeds)
     else:
