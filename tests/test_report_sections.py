@@ -1,5 +1,6 @@
 """The report's time-to-accuracy and robustness sections compute their claims from the runs and records."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from vitlab.analysis.report import (
     machine_class,
     recipe_changes,
 )
-from vitlab.models.registry import get_model
+from vitlab.models.registry import get_model, model_config
 
 
 def budget_run(model: str, family: str, minutes: float, accuracy: float, augment: str = "cifar",
@@ -79,6 +80,22 @@ def test_time_to_accuracy_gives_each_searched_recipe_its_own_row(tmp_path: Path)
     assert "| cct_2_3x2 (cifar, label smoothing 0, fp32) | 50.00 % |" in text
     assert "| cct_2_3x2 (cifar, lr 0.002, batch 256, fp32) | 70.00 % |" in text
     assert "| cct_2_3x2 (cifar, lr 0.002, fp32) | 40.00 % |" in text
+
+
+def test_time_to_accuracy_gives_each_searched_model_size_its_own_row(tmp_path: Path) -> None:
+    """The search also varies the ViT's patch size, width and depth (``--model-arg``): a run whose model config
+    differs from the preset's is its own row (any other field too, by its name); the preset spelled out is not a
+    change."""
+    preset = dataclasses.asdict(model_config("vit_cifar_small"))
+    runs = [budget_run("vit_cifar_small", "vit", 5, accuracy) for accuracy in (0.50, 0.52, 0.60, 0.40, 0.45)]
+    changes = ({"num_classes": 100}, {}, {"depth": 4}, {"patch_size": 8, "dim": 96}, {"drop_path": 0.0})  # the dataset's: none
+    for run, change in zip(runs, changes):
+        run["config"]["model"]["config"] = preset | change
+    assert [recipe_changes(r) for r in runs] == [[], [], ["depth 4"], ["patch 8", "width 96"], ["drop_path 0.0"]]
+    text = "\n".join(_time_to_accuracy_section(runs[:4], tmp_path))
+    assert "| vit_cifar_small (cifar, fp32) | 51.00 % ± 1.41 (2) |" in text
+    assert "| vit_cifar_small (cifar, depth 4, fp32) | 60.00 % |" in text
+    assert "| vit_cifar_small (cifar, patch 8, width 96, fp32) | 40.00 % |" in text
 
 
 def record(dataset: str, family: str, clean: float, pgd: list[float], corruption: list[float]) -> dict:

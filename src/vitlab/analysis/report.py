@@ -16,6 +16,7 @@ early exits (an accuracy-compute curve in the results), segmentation and detecti
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -779,21 +780,33 @@ def machine_class(metrics: dict[str, Any]) -> str:
 
 #: The recipe fields the CIFAR-10 search varies besides augmentation (which every row names), with their label.
 _SEARCHED_FIELDS = {"lr": "lr", "batch_size": "batch", "label_smoothing": "label smoothing"}
+#: Labels of the model config fields it varies (``--model-arg``); any other field that differs is named as it is,
+#: except those the dataset sets (a CIFAR-10 run of ResNet-18 is built for 32x32 RGB images and ten classes).
+_SIZE_LABELS = {"patch_size": "patch", "dim": "width", "depth": "depth"}
+_DATASET_FIELDS = ("image_size", "in_channels", "num_classes")
 
 
 def recipe_changes(run: dict[str, Any]) -> list[str]:
-    """The searched recipe fields (learning rate, batch size, label smoothing) in which a run differs from its
-    model's registered recipe, e.g. ``["lr 0.002", "batch 256"]``; ``[]`` for a run of the registered recipe.
-    Only fields the registered recipe sets are compared (ResNet-18 registers none)."""
+    """What a run changed from its registered model: its model config against the preset (e.g. ``["depth 4"]``,
+    ``["patch 8", "width 96"]``; any field but those the dataset sets, as JSON stores it), then the searched
+    recipe fields (learning rate, batch size, label smoothing) against the registered recipe (``["lr 0.002",
+    "batch 256"]``); ``[]`` for the registered model and recipe. Only recipe fields the registered model sets are
+    compared (ResNet-18 sets none)."""
+    entry = get_model(run["metrics"]["model"])
+    preset = json.loads(json.dumps(dataclasses.asdict(entry.config))) if dataclasses.is_dataclass(entry.config) else {}
+    architecture = run["config"].get("model", {}).get("config") or {}
+    sizes = [f"{_SIZE_LABELS.get(name, name)} {value}" for name, value in architecture.items()
+             if name in preset and name not in _DATASET_FIELDS and value != preset[name]]
     train = run["config"]["train"]
-    recipe = get_model(run["metrics"]["model"]).recipe
-    return [f"{short} {float(train[name]):g}" for name, short in _SEARCHED_FIELDS.items()
-            if name in recipe and float(train.get(name, recipe[name])) != float(recipe[name])]
+    recipe = entry.recipe
+    return sizes + [f"{short} {float(train[name]):g}" for name, short in _SEARCHED_FIELDS.items()
+                    if name in recipe and float(train.get(name, recipe[name])) != float(recipe[name])]
 
 
 def _budget_label(run: dict[str, Any]) -> str:
     """``model (augmentation, machine)``, plus the searched fields where the run changed its registered recipe
-    (``cct_2_3x2 (cifar, lr 0.002, batch 256, fp32, AMD EPYC)``): each recipe is its own row and curve."""
+    (``cct_2_3x2 (cifar, lr 0.002, batch 256, fp32, AMD EPYC)``, ``vit_cifar_small (cifar, depth 4, ...)``): each
+    recipe and size is its own row and curve."""
     changes = "".join(f", {change}" for change in recipe_changes(run))
     return f"{run['metrics']['model']} ({run['config']['train']['augment']}{changes}, {machine_class(run['metrics'])})"
 
