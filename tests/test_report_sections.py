@@ -1,6 +1,5 @@
 """The report's time-to-accuracy and robustness sections compute their claims from the runs and records."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def test_time_to_accuracy_gives_each_searched_model_size_its_own_row(tmp_path: P
     """The search also varies the ViT's patch size, width and depth (``--model-arg``): a run whose model config
     differs from the preset's is its own row (any other field too, by its name); the preset spelled out is not a
     change."""
-    preset = dataclasses.asdict(model_config("vit_cifar_small"))
+    preset = model_config("vit_cifar_small").to_dict()
     runs = [budget_run("vit_cifar_small", "vit", 5, accuracy) for accuracy in (0.50, 0.52, 0.60, 0.40, 0.45)]
     changes = ({"num_classes": 100}, {}, {"depth": 4}, {"patch_size": 8, "dim": 96}, {"drop_path": 0.0})  # the dataset's: none
     for run, change in zip(runs, changes):

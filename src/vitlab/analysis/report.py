@@ -16,7 +16,6 @@ early exits (an accuracy-compute curve in the results), segmentation and detecti
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import html
 import json
@@ -793,7 +792,7 @@ def recipe_changes(run: dict[str, Any]) -> list[str]:
     "batch 256"]``); ``[]`` for the registered model and recipe. Only recipe fields the registered model sets are
     compared (ResNet-18 sets none)."""
     entry = get_model(run["metrics"]["model"])
-    preset = json.loads(json.dumps(dataclasses.asdict(entry.config))) if dataclasses.is_dataclass(entry.config) else {}
+    preset = entry.config.to_dict()   # as config.json stores it (tuples as lists)
     architecture = run["config"].get("model", {}).get("config") or {}
     sizes = [f"{_SIZE_LABELS.get(name, name)} {value}" for name, value in architecture.items()
              if name in preset and name not in _DATASET_FIELDS and value != preset[name]]
